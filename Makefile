@@ -1,0 +1,49 @@
+# phasor: `make test` and `make bench` work from a fresh clone with no other step.
+# They create .venv (seeing the interpreter's own packages, so a machine that already has torch
+# and the build tools installs nothing), install only what is missing, build, and run.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+BUILD_STAMP := $(VENV)/.phasor-built
+PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check
+export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+
+.PHONY: all venv build test test-fast bench bench-json wheel cuda-check repro clean
+
+all: test
+
+$(PY):
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+
+# Install only what the environment lacks (the GPU machine has everything and no registry).
+venv: $(PY)
+	@$(PY) tools/missing_deps.py "$(TORCH_SPEC)" > $(VENV)/.missing
+	@if [ -s $(VENV)/.missing ]; then echo "installing: $$(cat $(VENV)/.missing)"; \
+	  $(PIP_INSTALL) $$(cat $(VENV)/.missing); else echo "environment complete, nothing to install"; fi
+
+build: venv
+	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+	@touch $(BUILD_STAMP)
+
+test: build
+	$(PY) -m pytest -q -ra tests
+
+test-fast: build
+	$(PY) -m pytest -q -ra -m "not slow" tests
+
+bench: build
+	$(PY) -m phasor bench --device cpu --json bench/results/latest_cpu.json
+
+wheel: venv
+	$(PY) -m pip wheel --no-build-isolation --no-deps -w dist .
+
+# Compile every .cu file for sm_80 and sm_90a without linking (works with a CPU-only torch).
+cuda-check: venv
+	bash tools/cuda_check.sh $(PY)
+
+repro: build
+	$(PY) -m phasor repro rotating-features
+
+clean:
+	rm -rf build dist $(VENV) python/phasor/_C*.so

@@ -1,0 +1,24 @@
+// phasor._C: a pybind11 module whose Python surface is build information only.
+// Loading the shared object runs the TORCH_LIBRARY registrations (static initialisers),
+// which is what makes torch.ops.phasor.* exist. Tensors never pass through pybind11.
+#include <pybind11/pybind11.h>
+#include <ATen/Config.h>
+#include <ATen/Parallel.h>
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "phasor native library: fused CPU/CUDA kernels registered as torch.ops.phasor.*";
+  m.def("build_info", []() {
+    py::dict info;
+    info["torch_version"] = PHASOR_TORCH_VERSION;
+    info["with_cuda"] = static_cast<bool>(PHASOR_WITH_CUDA);
+    info["cuda_archs"] = PHASOR_CUDA_ARCHS;
+    info["nvcc_version"] = PHASOR_NVCC_VERSION;
+    info["cxx_compiler"] = PHASOR_CXX_COMPILER;
+    info["cxx_flags"] = PHASOR_CXX_FLAGS;
+    info["build_type"] = PHASOR_BUILD_TYPE;
+    info["openmp"] = static_cast<bool>(AT_PARALLEL_OPENMP);  // CPU threads come from ATen's OpenMP pool
+    return info;
+  }, "Dict describing how this binary was built: torch version, CUDA kernels and architectures, compiler, flags.");
+}
