@@ -2,10 +2,13 @@
 // Fake (meta) kernels and autograd formulas are registered from Python (phasor/<system>/ops.py).
 #include <torch/library.h>
 
-TORCH_LIBRARY(phasor, m) {
-  m.set_python_module("phasor.ops");
+// The library itself; each system adds its ops in a fragment naming the Python module that holds
+// their fake kernels, so torch can tell a user which module to import.
+TORCH_LIBRARY(phasor, m) {}
 
-  // ---- rotating features: rotating-layer epilogue -------------------------------------------
+// ---- rotating features: rotating-layer epilogue ---------------------------------------------
+TORCH_LIBRARY_FRAGMENT(phasor, m) {
+  m.set_python_module("phasor.rotating_features.ops");
   // psi [B, n, C, *spatial] = W(z) over the n rotation dims; chi [B, C, *spatial] = W(|z|).
   // chi = None selects the first-layer lift: psi is then [B, 1, C, *spatial] = W(x) for x >= 0,
   // standing for [W(x), 0, ..., 0] with n = rot_bias.size(0), and chi = W(x).

@@ -1,6 +1,5 @@
-"""Registration point of every phasor op's fake kernel and autograd formula.
+"""Imports every system's op module, which registers the ops' fake kernels and autograd formulas.
 
-``TORCH_LIBRARY(phasor)`` names this module (``set_python_module``), so a torch that meets a
-phasor op before its Python half is registered tells the user to import it.
+Each system's schemas name their own module (``set_python_module`` in csrc/registration.cpp).
 """
 from .rotating_features import ops as rotating_features_ops  # noqa: F401

@@ -343,6 +343,7 @@ def test_evaluate_aggregation_without_foreground():
     assert res["MBO_i"] == 0.0  # no valid image: 0.0, like the official batch score
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_evaluate_cuda_matches_cpu():
     g = _gen(12)

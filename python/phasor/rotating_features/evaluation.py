@@ -507,12 +507,12 @@ def ari(
         raise ValueError(f"pred shape {tuple(pred.shape)} does not match gt shape {tuple(gt.shape)}")
     gt = gt.to(pred.device)
     b = pred.shape[0]
-    p2 = pred.reshape(b, -1).long()
-    g2 = gt.reshape(b, -1).long()
-    keep = g2 > 0 if foreground_only else g2 >= 0
     out = torch.empty(b, dtype=torch.float64, device=pred.device)
     if b == 0:
         return out
+    p2 = pred.reshape(b, -1).long()
+    g2 = gt.reshape(b, -1).long()
+    keep = g2 > 0 if foreground_only else g2 >= 0
     kp = max(int(torch.unique(p2[keep]).numel()), 1)
     kg = max(int(torch.unique(g2[keep]).numel()), 1)
     for s, e in _chunks(b, kp * kg):
@@ -543,12 +543,12 @@ def mbo(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"pred shape {tuple(pred.shape)} does not match gt shape {tuple(gt.shape)}")
     gt = gt.to(pred.device)
     b = pred.shape[0]
-    g2 = gt.reshape(b, -1).long()
-    keep = g2 >= 0  # pred in the ignore region is -1, hence in no predicted mask
-    p2 = pred.reshape(b, -1).long()
     out = torch.full((b,), float("nan"), dtype=torch.float64, device=pred.device)
     if b == 0:
         return out
+    g2 = gt.reshape(b, -1).long()
+    keep = g2 >= 0  # pred in the ignore region is -1, hence in no predicted mask
+    p2 = pred.reshape(b, -1).long()
     kp = max(int(torch.unique(p2[keep]).numel()), 1)
     kg = max(int(torch.unique(g2[keep]).numel()), 1)
     for s, e in _chunks(b, kp * kg):

@@ -17,6 +17,19 @@ def _param_dtype(act_dtype):
 
 
 # ---------------------------------------------------------------------------- fake kernels
+def _check_devices_dtypes(psi, chi, **params):
+    """Mirror of the C++ device/dtype checks (the fake kernel is what runs for meta tensors)."""
+    if chi is not None:
+        torch._check(chi.device == psi.device, lambda: f"chi is on {chi.device} but psi is on {psi.device}")
+        torch._check(chi.dtype == psi.dtype, lambda: f"chi must have dtype {psi.dtype}, got {chi.dtype}")
+    want = _param_dtype(psi.dtype)
+    for name, t in params.items():
+        if t is None:
+            continue
+        torch._check(t.device == psi.device, lambda: f"{name} is on {t.device} but psi is on {psi.device}")
+        torch._check(t.dtype == want, lambda: f"{name} must have dtype {want}, got {t.dtype}")
+
+
 def _check_bn_shapes(psi, chi, rot_bias, weight, bias):
     torch._check(psi.dim() >= 3, lambda: f"psi must be [B, n, C, *spatial], got {tuple(psi.shape)}")
     torch._check(rot_bias.dim() == 2, lambda: f"rot_bias must be [n, C], got {tuple(rot_bias.shape)}")
@@ -26,6 +39,7 @@ def _check_bn_shapes(psi, chi, rot_bias, weight, bias):
     if chi is not None:
         torch._check(tuple(chi.shape) == (psi.shape[0], *psi.shape[2:]), lambda: "chi must be [B, C, *spatial]")
     torch._check(tuple(weight.shape) == (c,) and tuple(bias.shape) == (c,), lambda: "weight/bias must be [C]")
+    _check_devices_dtypes(psi, chi, rot_bias=rot_bias, weight=weight, bias=bias)
     return n, c
 
 
@@ -50,6 +64,7 @@ def _rot_bn_bwd_fake(grad_out, grad_mag, psi, chi, rot_bias, weight, bias, mean,
 def _rot_ln_fwd_fake(psi, chi, rot_bias, weight, bias, eps):
     torch._check(psi.dim() == 3, lambda: f"psi must be [B, n, C], got {tuple(psi.shape)}")
     torch._check(tuple(chi.shape) == (psi.shape[0], psi.shape[2]), lambda: "chi must be [B, C]")
+    _check_devices_dtypes(psi, chi, rot_bias=rot_bias, weight=weight, bias=bias)
     b = psi.shape[0]
     return torch.empty_like(psi), torch.empty_like(chi), psi.new_empty((b,)), psi.new_empty((b,))
 
@@ -130,10 +145,13 @@ def rot_bn_epilogue(psi, chi, rot_bias, weight, bias, running_mean=None, running
     statistics float32 for the 16-bit types).
     """
     rot_bias = _as_bias_matrix(rot_bias)
+    count = psi.numel() // max(psi.shape[1], 1) // max(psi.shape[2], 1) if psi.dim() >= 3 else 0
+    if training and count == 1:  # as F.batch_norm: the batch variance is undefined
+        raise ValueError(f"rot_bn_epilogue: expected more than 1 value per channel when training, "
+                         f"got psi of shape {tuple(psi.shape)}")
     out, mag, mean, var = torch.ops.phasor.rot_bn_fwd(
         psi, chi, rot_bias, weight, bias, running_mean, running_var, training, eps)
     if training and running_mean is not None and running_var is not None:
-        count = psi.numel() // max(psi.shape[1], 1) // max(psi.shape[2], 1)
         if count > 0:
             with torch.no_grad():
                 unbiased = var * (count / max(count - 1, 1))

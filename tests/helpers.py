@@ -1,0 +1,167 @@
+"""Shared checks for every phasor op, so each op's test file stays short.
+
+Each helper takes callables and tensors; none knows about a particular op. Only torch and pytest
+are needed (the GPU machine has nothing else).
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, Sequence
+
+import pytest
+import torch
+
+import phasor
+
+HAS_CUDA = torch.cuda.is_available() and bool(phasor.build_info["with_cuda"])
+DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build of phasor")
+
+# (rtol, atol) for elementwise / short-reduction ops, per compute dtype.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (2e-5, 2e-5),
+    torch.float16: (3e-3, 5e-3),
+    torch.bfloat16: (2e-2, 5e-2),
+}
+
+
+def device_params():
+    """pytest params over devices; CUDA ones skip cleanly where there is no GPU build."""
+    return [pytest.param("cpu"), pytest.param("cuda", marks=requires_cuda)]
+
+
+def noncontiguous(t: torch.Tensor) -> torch.Tensor:
+    """Same values as t, but every dim strided (a view into a buffer twice as large in the last dim)."""
+    if t.dim() == 0 or t.numel() == 0:
+        return t
+    buf = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+    view = buf[..., ::2]
+    view.copy_(t)
+    assert t.numel() == 1 or not view.is_contiguous()
+    return view.requires_grad_(t.requires_grad)
+
+
+def clone_inputs(args: Sequence, requires_grad: bool = False, frozen: Sequence[int] = ()) -> list:
+    """Detached copies of the tensor args (grad enabled for floating ones on request, except the
+    positions in `frozen`, e.g. running statistics)."""
+    out = []
+    for i, a in enumerate(args):
+        if isinstance(a, torch.Tensor):
+            c = a.detach().clone()
+            if requires_grad and c.is_floating_point() and i not in frozen:
+                c.requires_grad_(True)
+            out.append(c)
+        else:
+            out.append(a)
+    return out
+
+
+def assert_close(actual, expected, dtype=None, msg: str = ""):
+    """assert_close with the project's dtype tolerances, over tensors or tuples of tensors."""
+    if isinstance(expected, (tuple, list)):
+        assert len(actual) == len(expected), msg
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_close(a, e, dtype, f"{msg} [output {i}]")
+        return
+    if expected is None:
+        assert actual is None, msg
+        return
+    rtol, atol = TOLERANCES[dtype or expected.dtype]
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{msg}\n{m}")
+
+
+def _upcast(args: Sequence) -> list:
+    return [a.detach().to(torch.float64) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+            for a in args]
+
+
+def assert_error_within(actual, same_precision, truth, msg: str = ""):
+    """FlashAttention's rule for low precision: the kernel's max error against a float64 truth is at
+    most twice that of a plain-PyTorch run at the same precision, plus the dtype's rounding noise
+    (four ulps of the largest true value: tiny tensors make the same-precision error a lottery)."""
+    for i, (a, p, t) in enumerate(zip(actual, same_precision, truth)):
+        if t is None or t.numel() == 0:
+            continue
+        noise = 4 * torch.finfo(p.dtype).eps * t.abs().max()
+        err_a = (a.double() - t).abs().max()
+        err_p = (p.double() - t).abs().max()
+        assert torch.isfinite(err_a) or not torch.isfinite(t).all(), f"{msg} [{i}]: non-finite output"
+        assert err_a <= 2 * err_p + noise, (
+            f"{msg} [{i}]: max error {err_a:.3e} vs same-precision reference {err_p:.3e} (noise {noise:.1e})")
+
+
+def _outputs_and_grads(fn, args, cotangents_seed, frozen, grad):
+    out = fn(*args)
+    out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+    if not grad:
+        return out, ()
+    gen = torch.Generator(device="cpu").manual_seed(cotangents_seed)
+    cot = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o) for o in out]
+    leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    if not leaves or all(o.numel() == 0 for o in out):
+        return out, ()
+    grads = torch.autograd.grad(out, leaves, cot, allow_unused=True)
+    return out, tuple(torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves))
+
+
+def compare_with_reference(fused: Callable, reference: Callable, args: Sequence, dtype=None,
+                           grad: bool = True, seed: int = 0, frozen: Sequence[int] = ()):
+    """Run fused and reference on cloned inputs; compare outputs and, with grad, the gradients of
+    every floating tensor input (but those in `frozen`) under the same random output cotangents.
+
+    float64: assert_close at 1e-10. Lower precisions: `assert_error_within` against the reference
+    evaluated in float64 on the same (upcast) inputs."""
+    fa, ra = clone_inputs(args, grad, frozen), clone_inputs(args, grad, frozen)
+    out_f, g_f = _outputs_and_grads(fused, fa, seed, frozen, grad)
+    out_r, g_r = _outputs_and_grads(reference, ra, seed, frozen, grad)
+    dtype = dtype or next(a.dtype for a in args if isinstance(a, torch.Tensor))
+    if dtype == torch.float64:
+        assert_close(out_f, out_r, dtype, "forward mismatch")
+        assert_close(g_f, g_r, dtype, "gradient mismatch")
+        return out_f
+    out_t, g_t = _outputs_and_grads(reference, clone_inputs(_upcast(args), grad, frozen), seed, frozen, grad)
+    assert_error_within(out_f, out_r, out_t, "forward")
+    assert_error_within(g_f, g_r, g_t, "gradient")
+    return out_f
+
+
+def check_gradcheck(fn: Callable, args: Sequence, **kw):
+    """torch.autograd.gradcheck in float64 over the floating tensor args."""
+    args = clone_inputs(args, requires_grad=True)
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            assert a.dtype == torch.float64, "gradcheck needs float64 inputs"
+    assert torch.autograd.gradcheck(fn, tuple(args), eps=1e-6, atol=1e-6, rtol=1e-5, **kw)
+
+
+def check_opcheck(op, args: Sequence, with_grad: bool = True, frozen: Sequence[int] = ()):
+    """torch.library.opcheck with and without requires_grad (schema, fake, autograd registration,
+    AOT dispatch with dynamic shapes)."""
+    torch.library.opcheck(op, tuple(clone_inputs(args, False)))
+    if with_grad:
+        torch.library.opcheck(op, tuple(clone_inputs(args, True, frozen)))
+
+
+def check_compile(module: torch.nn.Module, inputs: Sequence, dtype=None, dynamic: bool = False):
+    """torch.compile(fullgraph=True) of a module using the op equals eager, forward and backward."""
+    torch._dynamo.reset()
+    compiled = torch.compile(module, fullgraph=True, dynamic=dynamic)
+    ei, ci = clone_inputs(inputs, True), clone_inputs(inputs, True)
+    out_e, out_c = module(*ei), compiled(*ci)
+    assert_close(out_c, out_e, dtype, "compiled forward differs from eager")
+    loss_e = sum(o.float().square().sum() for o in (out_e if isinstance(out_e, tuple) else (out_e,)))
+    loss_c = sum(o.float().square().sum() for o in (out_c if isinstance(out_c, tuple) else (out_c,)))
+    ge = torch.autograd.grad(loss_e, [p for p in module.parameters()] + [t for t in ei if isinstance(t, torch.Tensor) and t.requires_grad])
+    gc = torch.autograd.grad(loss_c, [p for p in module.parameters()] + [t for t in ci if isinstance(t, torch.Tensor) and t.requires_grad])
+    assert_close(gc, ge, dtype, "compiled backward differs from eager")
+
+
+def assert_bad_input(fn: Callable, *args, names: str | Sequence[str], exc=(ValueError, TypeError, RuntimeError)):
+    """fn(*args) raises a clean Python exception whose message names the offending argument."""
+    names = [names] if isinstance(names, str) else list(names)
+    with pytest.raises(exc) as info:
+        fn(*args)
+    text = str(info.value)
+    assert any(re.search(rf"\b{re.escape(n)}\b", text) for n in names), (
+        f"error message does not name {names}: {text!r}")
