@@ -5,6 +5,8 @@
 #include <ATen/Config.h>
 #include <ATen/Parallel.h>
 
+#include "common/cpu_isa.h"
+
 namespace py = pybind11;
 
 PYBIND11_MODULE(_C, m) {
@@ -19,6 +21,11 @@ PYBIND11_MODULE(_C, m) {
     info["cxx_flags"] = PHASOR_CXX_FLAGS;
     info["build_type"] = PHASOR_BUILD_TYPE;
     info["openmp"] = static_cast<bool>(AT_PARALLEL_OPENMP);  // CPU threads come from ATen's OpenMP pool
+    info["cpu_isas"] = PHASOR_CPU_ISAS;  // instruction-set builds of the CPU kernels
     return info;
   }, "Dict describing how this binary was built: torch version, CUDA kernels and architectures, compiler, flags.");
+  m.def("cpu_isa", []() { return std::string(phasor::cpu_isa_name(phasor::active_cpu_isa())); },
+        "Instruction set of the CPU kernels in use ('base' or 'avx2').");
+  m.def("set_cpu_isa", &phasor::set_cpu_isa, py::arg("name"),
+        "Use the 'base' or 'avx2' CPU kernels; returns False if unknown or unsupported by this CPU.");
 }

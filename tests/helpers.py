@@ -26,6 +26,21 @@ TOLERANCES = {
 }
 
 
+def cpu_isa_params():
+    """The CPU kernel builds this machine can run ('base' always, 'avx2' where supported)."""
+    best = phasor._C.cpu_isa()
+    return ["base"] + (["avx2"] if best == "avx2" or phasor._C.set_cpu_isa("avx2") else [])
+
+
+@pytest.fixture(params=cpu_isa_params())
+def cpu_isa(request):
+    """Run a test under each CPU kernel build, restoring the previous choice afterwards."""
+    before = phasor._C.cpu_isa()
+    assert phasor._C.set_cpu_isa(request.param)
+    yield request.param
+    phasor._C.set_cpu_isa(before)
+
+
 def device_params():
     """pytest params over devices; CUDA ones skip cleanly where there is no GPU build."""
     return [pytest.param("cpu"), pytest.param("cuda", marks=requires_cuda)]

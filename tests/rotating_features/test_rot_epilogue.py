@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from helpers import (assert_bad_input, check_compile, check_gradcheck, check_opcheck,
-                     compare_with_reference, device_params, noncontiguous)
+from helpers import (assert_bad_input, check_compile, check_gradcheck, check_opcheck,  # noqa: F401
+                     compare_with_reference, cpu_isa, device_params, noncontiguous)
 from phasor.rotating_features import ops, reference as ref
 
 # (B, n, C, *spatial): odd sizes, batch 1, empty batch, no / 1-D / 2-D / 3-D spatial dims,
@@ -45,7 +45,7 @@ def ref_bn(*a):
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("lift", [False, True])
 @pytest.mark.parametrize("shape", BN_SHAPES)
-def test_bn_matches_reference(shape, lift, training, dtype, device):
+def test_bn_matches_reference(shape, lift, training, dtype, device, cpu_isa):
     d = bn_inputs(shape, lift, device, dtype)
     if training and shape[0] * torch.Size(shape[3:]).numel() == 1:
         # one value per channel: BatchNorm refuses to train on it, and so does the fused op
@@ -82,7 +82,7 @@ def test_bn_noncontiguous_inputs(training, device):
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", LN_SHAPES)
-def test_ln_matches_reference(shape, dtype, device):
+def test_ln_matches_reference(shape, dtype, device, cpu_isa):
     g = torch.Generator().manual_seed(1)
     b, n, c = shape
     args = [torch.randn(b, n, c, generator=g, dtype=torch.float64), torch.rand(b, c, generator=g, dtype=torch.float64),
@@ -93,7 +93,7 @@ def test_ln_matches_reference(shape, dtype, device):
     compare_with_reference(ops.rot_ln_epilogue, ref.rot_ln_epilogue_ref, [noncontiguous(a) for a in args], dtype)
 
 
-def test_bias_clamp_and_zero_magnitude_edge_cases():
+def test_bias_clamp_and_zero_magnitude_edge_cases(cpu_isa):
     """|psi + b| below 1e-12 (F.normalize's clamp) and |psi| = 0 (vector_norm's zero gradient)."""
     d = bn_inputs((2, 3, 4, 3, 3), False)
     d["psi"][0, :, 1] = 0.0                      # |psi| = 0 at these sites
@@ -104,7 +104,7 @@ def test_bias_clamp_and_zero_magnitude_edge_cases():
 
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("lift", [False, True])
-def test_bn_gradcheck(lift, training):
+def test_bn_gradcheck(lift, training, cpu_isa):
     d = bn_inputs((2, 3, 2, 3, 2), lift)
     rm, rv = d["running_mean"], d["running_var"]
     if lift:
@@ -117,7 +117,7 @@ def test_bn_gradcheck(lift, training):
         check_gradcheck(fn, [d["psi"], d["chi"], d["rot_bias"], d["weight"], d["bias"]])
 
 
-def test_ln_gradcheck():
+def test_ln_gradcheck(cpu_isa):
     g = torch.Generator().manual_seed(2)
     args = [torch.randn(3, 4, 5, generator=g, dtype=torch.float64), torch.rand(3, 5, generator=g, dtype=torch.float64),
             torch.randn(4, 5, generator=g, dtype=torch.float64), 1 + torch.rand(5, generator=g, dtype=torch.float64),
@@ -237,3 +237,10 @@ def test_official_bias_shape_accepted():
     args[2] = d["rot_bias"].reshape(1, 3, 4, 1, 1)
     b = ops.rot_bn_epilogue(*args)
     torch.testing.assert_close(a, b)
+
+
+def test_cpu_isa_switch_rejects_unknown_names():
+    import phasor
+    before = phasor._C.cpu_isa()
+    assert not phasor._C.set_cpu_isa("avx9000")
+    assert phasor._C.cpu_isa() == before

@@ -1,0 +1,635 @@
+// CPU kernels of the rotating-layer epilogue. This header is compiled once per instruction set
+// (rot_epilogue_cpu_{base,avx2}.cpp define PHASOR_CPU_ISA); rot_epilogue_cpu.cpp picks one at run
+// time. The kernels of the (BatchNorm and LayerNorm variants, forward and
+// backward). Math and symbols: rot_epilogue.h and spec §10.4-10.5.
+//
+// Layout: a "site" is one (b, c, spatial) position; its n rotation components are strided by
+// C*S in psi. Sites are processed in tiles of contiguous memory so every inner loop runs over
+// contiguous elements and vectorises (`omp simd`); threads come from ATen's parallel_for.
+// BatchNorm groups sites by channel: work item = one (b, c) plane of S sites, two passes
+// (channel statistics, then output), each recomputing the cheap per-site terms instead of
+// storing them. Reductions go through per-plane (or fixed-size row-chunk) partial sums that
+// are combined in a fixed order, so results do not depend on the thread count.
+#include "rotating_features/rot_epilogue_cpu_entry.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#ifndef PHASOR_CPU_ISA
+#error "define PHASOR_CPU_ISA (the namespace of this instruction-set variant) before including"
+#endif
+
+namespace phasor::rot::PHASOR_CPU_ISA {
+namespace {
+
+constexpr int64_t kTile = 256;
+
+// Pointers to one tile of sites. Component k of site j: psi[k * ks + j] (lift: only k = 0
+// exists, the others are zero). Rotation bias of component k for site j: bias[k * bk + j * bj]
+// with bj = 0 (BatchNorm: one channel per tile) or 1 (LayerNorm: the tile runs over channels).
+template <typename T>
+struct Tile {
+  const T* psi;
+  int64_t ks;
+  const T* chi;   // unused in lift mode (chi = psi_0 there)
+  const T* grad;  // grad_out, component stride gks; nullptr in forward
+  int64_t gks;
+  const T* bias;
+  int64_t bk;
+  int64_t len;
+};
+
+template <bool BVEC, typename T>
+inline T bias_at(const T* bias, int64_t bk, int64_t k, int64_t j) {
+  return BVEC ? bias[k * bk + j] : bias[k * bk];
+}
+
+// Per-site terms of one tile: a = |psi|, ysq = |psi + b|^2, m = 0.5 a + 0.5 chi and, with a
+// gradient, gy = <grad, psi + b>.
+template <typename T, bool LIFT, bool BVEC, bool WITH_G>
+inline void site_terms(const Tile<T>& t, int64_t n, T* a, T* ysq, T* m, T* gy) {
+  const int64_t len = t.len;
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) {
+    const T x = t.psi[j];
+    const T y = x + bias_at<BVEC>(t.bias, t.bk, 0, j);
+    a[j] = x * x;
+    ysq[j] = y * y;
+    if constexpr (WITH_G) gy[j] = t.grad[j] * y;
+  }
+  for (int64_t k = 1; k < n; ++k) {
+    const T* pk = t.psi + k * t.ks;
+    const T* gk = WITH_G ? t.grad + k * t.gks : nullptr;
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) {
+      const T x = LIFT ? T(0) : pk[j];
+      const T y = x + bias_at<BVEC>(t.bias, t.bk, k, j);
+      if constexpr (!LIFT) a[j] += x * x;
+      ysq[j] += y * y;
+      if constexpr (WITH_G) gy[j] += gk[j] * y;
+    }
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) {
+    a[j] = std::sqrt(a[j]);
+    m[j] = T(0.5) * a[j] + T(0.5) * (LIFT ? t.psi[j] : t.chi[j]);
+  }
+}
+
+// max by value: std::max returns a reference, which stops GCC from vectorising loops that use it
+// on locals. Same semantics (a NaN first argument propagates, as in relu).
+template <typename T>
+inline T vmax(T a, T b) { return a < b ? b : a; }
+
+// out_k = (psi_k + b_k) * f, f = mhat / rho.
+template <typename T, bool LIFT, bool BVEC>
+inline void write_out(const Tile<T>& t, int64_t n, const T* f, T* out, int64_t oks) {
+  for (int64_t k = 0; k < n; ++k) {
+    const T* pk = t.psi + k * t.ks;
+    T* ok = out + k * oks;
+#pragma omp simd
+    for (int64_t j = 0; j < t.len; ++j) {
+      const T x = (LIFT && k > 0) ? T(0) : pk[j];
+      ok[j] = (x + bias_at<BVEC>(t.bias, t.bk, k, j)) * f[j];
+    }
+  }
+}
+
+// Running (count, mean, M2) merge (Chan et al.), exact for any split of the data.
+struct Moments {
+  double count = 0, mean = 0, m2 = 0;
+  void merge(double cb, double mb, double m2b) {
+    if (cb == 0) return;
+    const double c = count + cb, d = mb - mean;
+    mean += d * cb / c;
+    m2 += m2b + d * d * count * cb / c;
+    count = c;
+  }
+};
+
+// Per-site backward coefficients shared by BN and LN, for a tile (branch-free so it vectorises):
+// g_psi_k = alpha * G_k + beta * y_k + gamma * psi_k, with
+//   alpha = mhat / rho, beta = -mhat <G, y> / rho^3 (0 where |y| is clamped), gamma = 0.5 g_m / a
+//   (0 where a = 0: vector_norm's backward).
+template <typename T>
+inline void site_grad_coeffs(int64_t len, const T* a, const T* ysq, const T* gy, const T* mhat,
+                             const T* g_m, T* alpha, T* beta, T* gamma) {
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) {
+    const T ynorm = std::sqrt(ysq[j]);
+    const T inv_rho = T(1) / vmax(ynorm, T(kNormalizeEps));
+    // both arms computed, then selected: conditional loads would block vectorisation
+    const T beta_j = -mhat[j] * gy[j] * inv_rho * inv_rho * inv_rho;
+    const T gamma_j = T(0.5) * g_m[j] / vmax(a[j], std::numeric_limits<T>::min());
+    alpha[j] = mhat[j] * inv_rho;
+    beta[j] = ynorm > T(kNormalizeEps) ? beta_j : T(0);
+    gamma[j] = a[j] > T(0) ? gamma_j : T(0);
+  }
+}
+
+// ============================== BatchNorm variant ============================================
+
+struct BnPlan {
+  int64_t B, n, C, S, npsi;  // npsi: rotation dims stored in psi (1 in lift mode)
+  int64_t grain;
+};
+
+inline BnPlan bn_plan(const Geometry& g) {
+  BnPlan p{g.B, g.n, g.C, g.S, g.lift ? 1 : g.n, 1};
+  p.grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.S * g.n));
+  return p;
+}
+
+template <typename T>
+inline Tile<T> bn_tile(const BnPlan& p, const T* psi, const T* chi, const T* grad, const T* rbias,
+                       int64_t b, int64_t c, int64_t s0, int64_t len) {
+  Tile<T> t;
+  t.psi = psi + (b * p.npsi * p.C + c) * p.S + s0;
+  t.ks = p.C * p.S;
+  t.chi = chi ? chi + (b * p.C + c) * p.S + s0 : nullptr;
+  t.grad = grad ? grad + (b * p.n * p.C + c) * p.S + s0 : nullptr;
+  t.gks = p.C * p.S;
+  t.bias = rbias + c;
+  t.bk = p.C;
+  t.len = len;
+  return t;
+}
+
+// Pass 1 of training: per-channel batch mean and biased variance of m.
+template <typename T, bool LIFT>
+void bn_batch_stats(const BnPlan& p, const T* psi, const T* chi, const T* rbias, T* mean_out,
+                    T* var_out) {
+  std::vector<double> pm(p.B * p.C), pm2(p.B * p.C);
+  at::parallel_for(0, p.B * p.C, p.grain, [&](int64_t lo, int64_t hi) {
+    T a[kTile], ysq[kTile], m[kTile];
+    for (int64_t pl = lo; pl < hi; ++pl) {
+      const int64_t b = pl / p.C, c = pl % p.C;
+      Moments mo;
+      for (int64_t s0 = 0; s0 < p.S; s0 += kTile) {
+        const int64_t len = std::min(kTile, p.S - s0);
+        auto t = bn_tile<T>(p, psi, chi, nullptr, rbias, b, c, s0, len);
+        site_terms<T, LIFT, false, false>(t, p.n, a, ysq, m, nullptr);
+        T sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < len; ++j) sum += m[j];
+        const T mu = sum / T(len);
+        T m2 = 0;
+#pragma omp simd reduction(+ : m2)
+        for (int64_t j = 0; j < len; ++j) m2 += (m[j] - mu) * (m[j] - mu);
+        mo.merge(len, mu, m2);
+      }
+      pm[pl] = mo.mean;
+      pm2[pl] = mo.m2;
+    }
+  });
+  for (int64_t c = 0; c < p.C; ++c) {
+    Moments mo;
+    for (int64_t b = 0; b < p.B; ++b) mo.merge(p.S, pm[b * p.C + c], pm2[b * p.C + c]);
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    mean_out[c] = T(mo.count > 0 ? mo.mean : nan);
+    var_out[c] = T(mo.count > 0 ? mo.m2 / mo.count : nan);
+  }
+}
+
+// Pass 2 (the only pass in eval mode): out and mag from the statistics.
+template <typename T, bool LIFT>
+void bn_apply(const BnPlan& p, const T* psi, const T* chi, const T* rbias, const T* weight,
+              const T* bias, const T* mean, const T* var, double eps, T* out, T* mag) {
+  at::parallel_for(0, p.B * p.C, p.grain, [&](int64_t lo, int64_t hi) {
+    T a[kTile], ysq[kTile], m[kTile], f[kTile];
+    for (int64_t pl = lo; pl < hi; ++pl) {
+      const int64_t b = pl / p.C, c = pl % p.C;
+      const double invstd = 1.0 / std::sqrt(double(var[c]) + eps);
+      const T scale = T(double(weight[c]) * invstd);
+      const T mu = mean[c], beta = bias[c];
+      T* mag_pl = mag + (b * p.C + c) * p.S;
+      T* out_pl = out + (b * p.n * p.C + c) * p.S;
+      for (int64_t s0 = 0; s0 < p.S; s0 += kTile) {
+        const int64_t len = std::min(kTile, p.S - s0);
+        auto t = bn_tile<T>(p, psi, chi, nullptr, rbias, b, c, s0, len);
+        site_terms<T, LIFT, false, false>(t, p.n, a, ysq, m, nullptr);
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) {
+          const T mh = vmax((m[j] - mu) * scale + beta, T(0));
+          mag_pl[s0 + j] = mh;
+          f[j] = mh / vmax(std::sqrt(ysq[j]), T(kNormalizeEps));
+        }
+        write_out<T, LIFT, false>(t, p.n, f, out_pl + s0, p.C * p.S);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_bn_fwd_cpu(
+    const at::Tensor& psi_in, const c10::optional<at::Tensor>& chi_in, const at::Tensor& rot_bias_in,
+    const at::Tensor& weight_in, const at::Tensor& bias_in,
+    const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
+    bool training, double eps) {
+  constexpr const char* op = "phasor::rot_bn_fwd";
+  const Geometry g = check_bn_inputs(op, psi_in, chi_in, rot_bias_in, weight_in, bias_in);
+  TORCH_CHECK_VALUE(eps >= 0, op, ": eps must be >= 0, got ", eps);
+  TORCH_CHECK_TYPE(psi_in.scalar_type() == at::kFloat || psi_in.scalar_type() == at::kDouble, op,
+                   ": the CPU kernel supports float32 and float64 psi, got ", psi_in.scalar_type());
+  if (!training) {
+    TORCH_CHECK_VALUE(running_mean.has_value() && running_var.has_value(), op,
+                      ": running_mean and running_var are required when training=False");
+  }
+  if (running_mean) check_stats(op, "running_mean", *running_mean, psi_in, g.C);
+  if (running_var) check_stats(op, "running_var", *running_var, psi_in, g.C);
+
+  auto psi = psi_in.contiguous();
+  auto chi = chi_in ? chi_in->contiguous() : at::Tensor();
+  auto rot_bias = rot_bias_in.contiguous();
+  auto weight = weight_in.contiguous(), bias = bias_in.contiguous();
+  auto out = at::empty(out_sizes(psi, g.n), psi.options());
+  auto mag = at::empty(mag_sizes(psi), psi.options());
+  at::Tensor mean, var;
+  if (training) {
+    mean = at::empty({g.C}, weight.options());
+    var = at::empty({g.C}, weight.options());
+  } else {
+    mean = running_mean->clone();
+    var = running_var->clone();
+  }
+  const BnPlan p = bn_plan(g);
+  AT_DISPATCH_FLOATING_TYPES(psi.scalar_type(), "rot_bn_fwd_cpu", [&] {
+    const scalar_t* chi_p = g.lift ? nullptr : chi.const_data_ptr<scalar_t>();
+    auto run = [&](auto lift_tag) {
+      constexpr bool L = decltype(lift_tag)::value;
+      if (training) {
+        bn_batch_stats<scalar_t, L>(p, psi.const_data_ptr<scalar_t>(), chi_p,
+                                    rot_bias.const_data_ptr<scalar_t>(),
+                                    mean.mutable_data_ptr<scalar_t>(), var.mutable_data_ptr<scalar_t>());
+      }
+      bn_apply<scalar_t, L>(p, psi.const_data_ptr<scalar_t>(), chi_p, rot_bias.const_data_ptr<scalar_t>(),
+                            weight.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
+                            mean.const_data_ptr<scalar_t>(), var.const_data_ptr<scalar_t>(), eps,
+                            out.mutable_data_ptr<scalar_t>(), mag.mutable_data_ptr<scalar_t>());
+    };
+    if (g.lift) run(std::true_type{}); else run(std::false_type{});
+  });
+  return {out, mag, mean, var};
+}
+
+// Backward. Per site: g_mhat = <G, u> + g_ext, g_p = g_mhat * [p > 0];
+// train: g_m = w*invstd*(g_p - mean(g_p) - xhat*mean(g_p*xhat)); eval: g_m = w*invstd*g_p.
+template <typename T, bool LIFT>
+struct BnBwdArgs {
+  const BnPlan& p;
+  const T *grad, *gmag, *psi, *chi, *rbias, *weight, *bias, *mean, *var;
+  double eps;
+};
+
+// Per-tile g_p and xhat (plus the site terms the second pass reuses).
+template <typename T, bool LIFT>
+inline void bn_tile_gp(const BnBwdArgs<T, LIFT>& A, const Tile<T>& t, int64_t b, int64_t c,
+                       int64_t s0, T* a, T* ysq, T* m, T* gy, T* xhat, T* gp, T* mhat) {
+  const auto& p = A.p;
+  site_terms<T, LIFT, false, true>(t, p.n, a, ysq, m, gy);
+  const T invstd = T(1.0 / std::sqrt(double(A.var[c]) + A.eps));
+  const T mu = A.mean[c], w = A.weight[c], bb = A.bias[c];
+  const T* ge = A.gmag ? A.gmag + (b * p.C + c) * p.S + s0 : nullptr;
+#pragma omp simd
+  for (int64_t j = 0; j < t.len; ++j) {
+    const T xh = (m[j] - mu) * invstd;
+    const T pre = w * xh + bb;
+    const T inv_rho = T(1) / vmax(std::sqrt(ysq[j]), T(kNormalizeEps));
+    const T g_mhat = gy[j] * inv_rho + (ge ? ge[j] : T(0));
+    xhat[j] = xh;
+    mhat[j] = vmax(pre, T(0));
+    gp[j] = pre > T(0) ? g_mhat : T(0);
+  }
+}
+
+template <typename T, bool LIFT>
+void bn_backward(const BnBwdArgs<T, LIFT>& A, bool training, T* g_psi, T* g_chi, T* g_rbias,
+                 T* g_weight, T* g_bias) {
+  const auto& p = A.p;
+  // Pass 1: per-plane sums of g_p and g_p * xhat.
+  std::vector<double> s_gp(p.B * p.C), s_gpx(p.B * p.C);
+  at::parallel_for(0, p.B * p.C, p.grain, [&](int64_t lo, int64_t hi) {
+    T a[kTile], ysq[kTile], m[kTile], gy[kTile], xh[kTile], gp[kTile], mh[kTile];
+    for (int64_t pl = lo; pl < hi; ++pl) {
+      const int64_t b = pl / p.C, c = pl % p.C;
+      double sg = 0, sgx = 0;
+      for (int64_t s0 = 0; s0 < p.S; s0 += kTile) {
+        const int64_t len = std::min(kTile, p.S - s0);
+        auto t = bn_tile<T>(p, A.psi, A.chi, A.grad, A.rbias, b, c, s0, len);
+        bn_tile_gp(A, t, b, c, s0, a, ysq, m, gy, xh, gp, mh);
+        T tg = 0, tgx = 0;
+#pragma omp simd reduction(+ : tg, tgx)
+        for (int64_t j = 0; j < len; ++j) {
+          tg += gp[j];
+          tgx += gp[j] * xh[j];
+        }
+        sg += tg;
+        sgx += tgx;
+      }
+      s_gp[pl] = sg;
+      s_gpx[pl] = sgx;
+    }
+  });
+  const double N = double(p.B) * p.S;
+  std::vector<T> mean_gp(p.C), mean_gpx(p.C);
+  for (int64_t c = 0; c < p.C; ++c) {
+    double sg = 0, sgx = 0;
+    for (int64_t b = 0; b < p.B; ++b) {
+      sg += s_gp[b * p.C + c];
+      sgx += s_gpx[b * p.C + c];
+    }
+    g_bias[c] = T(sg);
+    g_weight[c] = T(sgx);
+    mean_gp[c] = T(N > 0 ? sg / N : 0);
+    mean_gpx[c] = T(N > 0 ? sgx / N : 0);
+  }
+  // Pass 2: input gradients; rotation-bias gradient as per-plane partials [B, n, C].
+  std::vector<double> rb_part(p.B * p.n * p.C);
+  at::parallel_for(0, p.B * p.C, p.grain, [&](int64_t lo, int64_t hi) {
+    T a[kTile], ysq[kTile], m[kTile], gy[kTile], xh[kTile], gp[kTile], mh[kTile];
+    T al[kTile], be[kTile], ga[kTile], gm[kTile];
+    for (int64_t pl = lo; pl < hi; ++pl) {
+      const int64_t b = pl / p.C, c = pl % p.C;
+      const T invstd = T(1.0 / std::sqrt(double(A.var[c]) + A.eps));
+      const T wi = A.weight[c] * invstd;
+      const T mg = training ? mean_gp[c] : T(0), mgx = training ? mean_gpx[c] : T(0);
+      std::vector<double> rb(p.n, 0.0);
+      for (int64_t s0 = 0; s0 < p.S; s0 += kTile) {
+        const int64_t len = std::min(kTile, p.S - s0);
+        auto t = bn_tile<T>(p, A.psi, A.chi, A.grad, A.rbias, b, c, s0, len);
+        bn_tile_gp(A, t, b, c, s0, a, ysq, m, gy, xh, gp, mh);
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) gm[j] = wi * (gp[j] - mg - xh[j] * mgx);
+        site_grad_coeffs<T>(len, a, ysq, gy, mh, gm, al, be, ga);
+        const int64_t site0 = (b * p.C + c) * p.S + s0;
+        for (int64_t k = 0; k < p.n; ++k) {
+          const T* Gk = t.grad + k * t.gks;
+          const T bk = A.rbias[k * p.C + c];
+          T acc = 0;
+          if (LIFT && k > 0) {
+#pragma omp simd reduction(+ : acc)
+            for (int64_t j = 0; j < len; ++j) acc += al[j] * Gk[j] + be[j] * bk;
+          } else {
+            const T* pk = t.psi + k * t.ks;
+            T* gk = g_psi + (b * p.npsi * p.C + c) * p.S + k * p.C * p.S + s0;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t j = 0; j < len; ++j) {
+              const T gyk = al[j] * Gk[j] + be[j] * (pk[j] + bk);
+              acc += gyk;
+              // Lift: psi_0 and chi are the same tensor W(x), so their gradients add up.
+              gk[j] = gyk + ga[j] * pk[j] + (LIFT ? T(0.5) * gm[j] : T(0));
+            }
+          }
+          rb[k] += acc;
+        }
+        if (!LIFT) {
+#pragma omp simd
+          for (int64_t j = 0; j < len; ++j) g_chi[site0 + j] = T(0.5) * gm[j];
+        }
+      }
+      for (int64_t k = 0; k < p.n; ++k) rb_part[(b * p.n + k) * p.C + c] = rb[k];
+    }
+  });
+  for (int64_t k = 0; k < p.n; ++k)
+    for (int64_t c = 0; c < p.C; ++c) {
+      double s = 0;
+      for (int64_t b = 0; b < p.B; ++b) s += rb_part[(b * p.n + k) * p.C + c];
+      g_rbias[k * p.C + c] = T(s);
+    }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_bn_bwd_cpu(
+    const at::Tensor& grad_out_in, const c10::optional<at::Tensor>& grad_mag_in,
+    const at::Tensor& psi_in, const c10::optional<at::Tensor>& chi_in, const at::Tensor& rot_bias_in,
+    const at::Tensor& weight_in, const at::Tensor& bias_in, const at::Tensor& mean_in,
+    const at::Tensor& var_in, bool training, double eps) {
+  constexpr const char* op = "phasor::rot_bn_bwd";
+  const Geometry g = check_bn_inputs(op, psi_in, chi_in, rot_bias_in, weight_in, bias_in);
+  TORCH_CHECK_TYPE(psi_in.scalar_type() == at::kFloat || psi_in.scalar_type() == at::kDouble, op,
+                   ": the CPU kernel supports float32 and float64 psi, got ", psi_in.scalar_type());
+  check_stats(op, "mean", mean_in, psi_in, g.C);
+  check_stats(op, "var", var_in, psi_in, g.C);
+  check_grad(op, "grad_out", grad_out_in, psi_in, out_sizes(psi_in, g.n));
+  if (grad_mag_in) check_grad(op, "grad_mag", *grad_mag_in, psi_in, mag_sizes(psi_in));
+
+  auto grad = grad_out_in.contiguous(), psi = psi_in.contiguous();
+  auto gmag = grad_mag_in ? grad_mag_in->contiguous() : at::Tensor();
+  auto chi = chi_in ? chi_in->contiguous() : at::Tensor();
+  auto rot_bias = rot_bias_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
+  auto mean = mean_in.contiguous(), var = var_in.contiguous();
+
+  auto g_psi = at::empty_like(psi);
+  auto g_chi = g.lift ? at::empty({0}, psi.options()) : at::empty_like(chi);
+  auto g_rbias = at::empty_like(rot_bias), g_weight = at::empty_like(weight), g_bias = at::empty_like(bias);
+  const BnPlan p = bn_plan(g);
+  AT_DISPATCH_FLOATING_TYPES(psi.scalar_type(), "rot_bn_bwd_cpu", [&] {
+    auto run = [&](auto lift_tag) {
+      constexpr bool L = decltype(lift_tag)::value;
+      BnBwdArgs<scalar_t, L> A{p,
+                               grad.const_data_ptr<scalar_t>(),
+                               gmag.defined() ? gmag.const_data_ptr<scalar_t>() : nullptr,
+                               psi.const_data_ptr<scalar_t>(),
+                               L ? nullptr : chi.const_data_ptr<scalar_t>(),
+                               rot_bias.const_data_ptr<scalar_t>(),
+                               weight.const_data_ptr<scalar_t>(),
+                               bias.const_data_ptr<scalar_t>(),
+                               mean.const_data_ptr<scalar_t>(),
+                               var.const_data_ptr<scalar_t>(),
+                               eps};
+      bn_backward<scalar_t, L>(A, training, g_psi.mutable_data_ptr<scalar_t>(),
+                               L ? nullptr : g_chi.mutable_data_ptr<scalar_t>(),
+                               g_rbias.mutable_data_ptr<scalar_t>(), g_weight.mutable_data_ptr<scalar_t>(),
+                               g_bias.mutable_data_ptr<scalar_t>());
+    };
+    if (g.lift) run(std::true_type{}); else run(std::false_type{});
+  });
+  return {g_psi, g_chi, g_rbias, g_weight, g_bias};
+}
+
+// ============================== LayerNorm variant ============================================
+// One row b = C sites (the channels of one sample); statistics over C. A row fits in cache, so
+// each row is one task with row buffers. Parameter gradients use fixed chunks of kRowChunk rows.
+
+constexpr int64_t kRowChunk = 8;
+
+template <typename T>
+inline Tile<T> ln_tile(const Geometry& g, const T* psi, const T* chi, const T* grad, const T* rbias,
+                       int64_t b, int64_t c0, int64_t len) {
+  Tile<T> t;
+  t.psi = psi + b * g.n * g.C + c0;
+  t.ks = g.C;
+  t.chi = chi + b * g.C + c0;
+  t.grad = grad ? grad + b * g.n * g.C + c0 : nullptr;
+  t.gks = g.C;
+  t.bias = rbias + c0;
+  t.bk = g.C;
+  t.len = len;
+  return t;
+}
+
+template <typename T>
+void ln_forward(const Geometry& g, const T* psi, const T* chi, const T* rbias, const T* weight,
+                const T* bias, double eps, T* out, T* mag, T* mean_out, T* rstd_out) {
+  at::parallel_for(0, g.B, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<T> a(g.C), ysq(g.C), m(g.C), f(g.C);
+    for (int64_t b = lo; b < hi; ++b) {
+      for (int64_t c0 = 0; c0 < g.C; c0 += kTile) {
+        const int64_t len = std::min(kTile, g.C - c0);
+        auto t = ln_tile<T>(g, psi, chi, nullptr, rbias, b, c0, len);
+        site_terms<T, false, true, false>(t, g.n, &a[c0], &ysq[c0], &m[c0], nullptr);
+      }
+      double sum = 0;
+      for (int64_t c = 0; c < g.C; ++c) sum += m[c];
+      const double mu = g.C ? sum / g.C : 0;
+      double m2 = 0;
+      for (int64_t c = 0; c < g.C; ++c) m2 += (m[c] - mu) * (m[c] - mu);
+      const double rstd = 1.0 / std::sqrt((g.C ? m2 / g.C : 0) + eps);
+      mean_out[b] = T(mu);
+      rstd_out[b] = T(rstd);
+      T* mag_row = mag + b * g.C;
+      for (int64_t c = 0; c < g.C; ++c) {
+        const T mh = vmax(T((m[c] - mu) * rstd) * weight[c] + bias[c], T(0));
+        mag_row[c] = mh;
+        f[c] = mh / vmax(std::sqrt(ysq[c]), T(kNormalizeEps));
+      }
+      for (int64_t c0 = 0; c0 < g.C; c0 += kTile) {
+        const int64_t len = std::min(kTile, g.C - c0);
+        auto t = ln_tile<T>(g, psi, chi, nullptr, rbias, b, c0, len);
+        write_out<T, false, true>(t, g.n, &f[c0], out + b * g.n * g.C + c0, g.C);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_ln_fwd_cpu(
+    const at::Tensor& psi_in, const at::Tensor& chi_in, const at::Tensor& rot_bias_in,
+    const at::Tensor& weight_in, const at::Tensor& bias_in, double eps) {
+  constexpr const char* op = "phasor::rot_ln_fwd";
+  const Geometry g = check_ln_inputs(op, psi_in, chi_in, rot_bias_in, weight_in, bias_in);
+  TORCH_CHECK_VALUE(eps >= 0, op, ": eps must be >= 0, got ", eps);
+  TORCH_CHECK_TYPE(psi_in.scalar_type() == at::kFloat || psi_in.scalar_type() == at::kDouble, op,
+                   ": the CPU kernel supports float32 and float64 psi, got ", psi_in.scalar_type());
+  auto psi = psi_in.contiguous(), chi = chi_in.contiguous(), rot_bias = rot_bias_in.contiguous();
+  auto weight = weight_in.contiguous(), bias = bias_in.contiguous();
+  auto out = at::empty_like(psi), mag = at::empty_like(chi);
+  auto mean = at::empty({g.B}, psi.options()), rstd = at::empty({g.B}, psi.options());
+  AT_DISPATCH_FLOATING_TYPES(psi.scalar_type(), "rot_ln_fwd_cpu", [&] {
+    ln_forward<scalar_t>(g, psi.const_data_ptr<scalar_t>(), chi.const_data_ptr<scalar_t>(),
+                         rot_bias.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                         bias.const_data_ptr<scalar_t>(), eps, out.mutable_data_ptr<scalar_t>(),
+                         mag.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<scalar_t>(),
+                         rstd.mutable_data_ptr<scalar_t>());
+  });
+  return {out, mag, mean, rstd};
+}
+
+template <typename T>
+void ln_backward(const Geometry& g, const T* grad, const T* gmag, const T* psi, const T* chi,
+                 const T* rbias, const T* weight, const T* bias, const T* mean, const T* rstd,
+                 T* g_psi, T* g_chi, T* g_rbias, T* g_weight, T* g_bias) {
+  const int64_t nchunks = (g.B + kRowChunk - 1) / kRowChunk;
+  // Per-chunk partials of the parameter gradients: [rot_bias (n*C) | weight (C) | bias (C)].
+  const int64_t width = (g.n + 2) * g.C;
+  std::vector<double> part(nchunks * width, 0.0);
+  at::parallel_for(0, nchunks, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<T> a(g.C), ysq(g.C), m(g.C), gy(g.C), xh(g.C), gp(g.C), mh(g.C);
+    std::vector<T> al(g.C), be(g.C), ga(g.C), gm(g.C);
+    for (int64_t ch = lo; ch < hi; ++ch) {
+      double* pt = part.data() + ch * width;
+      for (int64_t b = ch * kRowChunk; b < std::min(g.B, (ch + 1) * kRowChunk); ++b) {
+        for (int64_t c0 = 0; c0 < g.C; c0 += kTile) {
+          const int64_t len = std::min(kTile, g.C - c0);
+          auto t = ln_tile<T>(g, psi, chi, grad, rbias, b, c0, len);
+          site_terms<T, false, true, true>(t, g.n, &a[c0], &ysq[c0], &m[c0], &gy[c0]);
+        }
+        const T mu = mean[b], rs = rstd[b];
+        double s_gx = 0, s_gxx = 0;  // sums over the row of g_xhat and g_xhat * xhat
+        for (int64_t c = 0; c < g.C; ++c) {
+          xh[c] = (m[c] - mu) * rs;
+          const T pre = xh[c] * weight[c] + bias[c];
+          mh[c] = vmax(pre, T(0));
+          const T inv_rho = T(1) / vmax(std::sqrt(ysq[c]), T(kNormalizeEps));
+          const T g_mhat = gy[c] * inv_rho + (gmag ? gmag[b * g.C + c] : T(0));
+          gp[c] = pre > T(0) ? g_mhat : T(0);
+          const double gx = double(gp[c]) * weight[c];
+          s_gx += gx;
+          s_gxx += gx * xh[c];
+          pt[g.n * g.C + c] += double(gp[c]) * xh[c];
+          pt[(g.n + 1) * g.C + c] += gp[c];
+        }
+        const T mgx = T(g.C ? s_gx / g.C : 0), mgxx = T(g.C ? s_gxx / g.C : 0);
+#pragma omp simd
+        for (int64_t c = 0; c < g.C; ++c) {
+          gm[c] = rs * (gp[c] * weight[c] - mgx - xh[c] * mgxx);
+          g_chi[b * g.C + c] = T(0.5) * gm[c];
+        }
+        site_grad_coeffs<T>(g.C, a.data(), ysq.data(), gy.data(), mh.data(), gm.data(), al.data(),
+                            be.data(), ga.data());
+        for (int64_t k = 0; k < g.n; ++k) {
+          const T* Gk = grad + (b * g.n + k) * g.C;
+          const T* pk = psi + (b * g.n + k) * g.C;
+          const T* bk = rbias + k * g.C;
+          T* gk = g_psi + (b * g.n + k) * g.C;
+          double* pr = pt + k * g.C;
+#pragma omp simd
+          for (int64_t c = 0; c < g.C; ++c) {
+            const T gyk = al[c] * Gk[c] + be[c] * (pk[c] + bk[c]);
+            pr[c] += gyk;
+            gk[c] = gyk + ga[c] * pk[c];
+          }
+        }
+      }
+    }
+  });
+  for (int64_t i = 0; i < width; ++i) {
+    double s = 0;
+    for (int64_t ch = 0; ch < nchunks; ++ch) s += part[ch * width + i];
+    if (i < g.n * g.C) g_rbias[i] = T(s);
+    else if (i < (g.n + 1) * g.C) g_weight[i - g.n * g.C] = T(s);
+    else g_bias[i - (g.n + 1) * g.C] = T(s);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_ln_bwd_cpu(
+    const at::Tensor& grad_out_in, const c10::optional<at::Tensor>& grad_mag_in,
+    const at::Tensor& psi_in, const at::Tensor& chi_in, const at::Tensor& rot_bias_in,
+    const at::Tensor& weight_in, const at::Tensor& bias_in, const at::Tensor& mean_in,
+    const at::Tensor& rstd_in) {
+  constexpr const char* op = "phasor::rot_ln_bwd";
+  const Geometry g = check_ln_inputs(op, psi_in, chi_in, rot_bias_in, weight_in, bias_in);
+  TORCH_CHECK_TYPE(psi_in.scalar_type() == at::kFloat || psi_in.scalar_type() == at::kDouble, op,
+                   ": the CPU kernel supports float32 and float64 psi, got ", psi_in.scalar_type());
+  check_grad(op, "grad_out", grad_out_in, psi_in, psi_in.sizes());
+  if (grad_mag_in) check_grad(op, "grad_mag", *grad_mag_in, psi_in, chi_in.sizes());
+  check_grad(op, "mean", mean_in, psi_in, {g.B});
+  check_grad(op, "rstd", rstd_in, psi_in, {g.B});
+  auto grad = grad_out_in.contiguous(), psi = psi_in.contiguous(), chi = chi_in.contiguous();
+  auto gmag = grad_mag_in ? grad_mag_in->contiguous() : at::Tensor();
+  auto rot_bias = rot_bias_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
+  auto mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
+  auto g_psi = at::empty_like(psi), g_chi = at::empty_like(chi);
+  auto g_rbias = at::empty_like(rot_bias), g_weight = at::empty_like(weight), g_bias = at::empty_like(bias);
+  AT_DISPATCH_FLOATING_TYPES(psi.scalar_type(), "rot_ln_bwd_cpu", [&] {
+    ln_backward<scalar_t>(g, grad.const_data_ptr<scalar_t>(),
+                          gmag.defined() ? gmag.const_data_ptr<scalar_t>() : nullptr,
+                          psi.const_data_ptr<scalar_t>(), chi.const_data_ptr<scalar_t>(),
+                          rot_bias.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                          bias.const_data_ptr<scalar_t>(), mean.const_data_ptr<scalar_t>(),
+                          rstd.const_data_ptr<scalar_t>(), g_psi.mutable_data_ptr<scalar_t>(),
+                          g_chi.mutable_data_ptr<scalar_t>(), g_rbias.mutable_data_ptr<scalar_t>(),
+                          g_weight.mutable_data_ptr<scalar_t>(), g_bias.mutable_data_ptr<scalar_t>());
+  });
+  return {g_psi, g_chi, g_rbias, g_weight, g_bias};
+}
+
+}  // namespace phasor::rot::PHASOR_CPU_ISA

@@ -1,0 +1,1 @@
+"""`phasor bench`: correctness-checked microbenchmarks of every fused op (see harness.py)."""

@@ -1,0 +1,108 @@
+"""Benchmark harness: correctness first, then median time and peak memory of every impl of a case.
+
+CPU: torch.utils.benchmark (blocked_autorange), peak memory from the profiler's allocation events.
+CUDA: CUDA events around a warmed-up loop, peak memory from the caching allocator's statistics.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .registry import all_cases
+
+
+def _cpu_peak_mb(fn) -> float:
+    """Peak bytes allocated while fn runs (sum of per-event allocations and frees, in time order)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    cur = peak = 0
+    for ev in sorted(prof.events(), key=lambda e: e.time_range.start):
+        cur += ev.self_cpu_memory_usage
+        peak = max(peak, cur)
+    return peak / 2**20
+
+
+def _cuda_peak_mb(fn) -> float:
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def time_cpu(fn, min_run_time: float) -> float:
+    from torch.utils import benchmark
+    fn()  # warm-up (compilation, caches)
+    m = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
+        min_run_time=min_run_time)
+    return m.median * 1e3
+
+
+def time_cuda(fn, reps: int = 50, warmup: int = 10) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def run(op: str | None = None, device: str = "cpu", min_run_time: float = 1.0, case: str | None = None,
+        out=sys.stdout) -> list:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    records = []
+    specs = [s for s in all_cases() if (op is None or s.op == op) and (case is None or s.name == case)
+             and device in s.devices]
+    if not specs:
+        raise SystemExit(f"no benchmark case matches op={op!r} case={case!r} on {device}")
+    from ..utils.training import machine_description
+    machine = machine_description()
+    print(f"# phasor bench on {device}: {machine.get('gpu') if device == 'cuda' else machine.get('cpu_model', machine['processor'])}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads", file=out)
+    header = f"{'op':<16} {'case':<26} {'impl':<10} {'median ms':>10} {'peak MB':>9} {'speedup':>8}  correct"
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for spec in specs:
+        t0 = time.time()
+        c = spec.factory(device)
+        correct = bool(c.check())
+        rows = {}
+        for impl, fn in c.impls.items():
+            ms = time_cuda(fn) if device == "cuda" else time_cpu(fn, min_run_time)
+            mem = _cuda_peak_mb(fn) if device == "cuda" else _cpu_peak_mb(fn)
+            rows[impl] = (ms, mem)
+        base = rows.get(c.baseline, (None,))[0]
+        for impl, (ms, mem) in rows.items():
+            speed = f"{base / ms:7.2f}x" if base else "     -"
+            print(f"{spec.op:<16} {spec.name:<26} {impl:<10} {ms:10.3f} {mem:9.1f} {speed:>8}  {correct}", file=out)
+            records.append({"op": spec.op, "case": spec.name, "device": device, "impl": impl,
+                            "median_ms": round(ms, 4), "peak_mem_mb": round(mem, 2), "correct": correct,
+                            f"speedup_vs_{c.baseline}": round(base / ms, 3) if base else None})
+        print(f"{'':<16} ({time.time() - t0:.0f}s{'; ' + c.note if c.note else ''})", file=out)
+        out.flush()
+    return records
+
+
+def write_json(records: list, path: str) -> None:
+    from ..utils.training import machine_description
+    import phasor
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    machine = machine_description()
+    for r in records:
+        r["machine"] = machine.get("gpu") if r["device"] == "cuda" else machine.get("cpu_model", machine["processor"])
+    p.write_text(json.dumps({"records": records, "machine": machine, "build_info": phasor.build_info}, indent=1))

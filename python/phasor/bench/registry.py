@@ -1,0 +1,59 @@
+"""Registry of benchmark cases. Each system declares its cases in `phasor/<system>/bench_cases.py`.
+
+A case factory builds the inputs for a device and returns a :class:`Case`: named zero-argument
+callables (the workloads: "fused", "eager", "compile", and any library alternative) plus a
+correctness check that runs before anything is timed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, List
+
+import torch
+
+
+@dataclasses.dataclass
+class Case:
+    impls: Dict[str, Callable[[], object]]
+    check: Callable[[], bool]          # fused vs reference, run before timing
+    baseline: str = "eager"            # speedups are reported against this impl
+    note: str = ""
+
+
+@dataclasses.dataclass
+class CaseSpec:
+    op: str
+    name: str
+    factory: Callable[[str], Case]
+    devices: tuple = ("cpu", "cuda")
+
+
+_CASES: List[CaseSpec] = []
+
+
+def register(op: str, name: str, devices=("cpu", "cuda")):
+    """Decorator: register `factory(device) -> Case` under (op, name)."""
+    def deco(factory):
+        _CASES.append(CaseSpec(op, name, factory, tuple(devices)))
+        return factory
+    return deco
+
+
+def all_cases() -> List[CaseSpec]:
+    from .. import rotating_features  # noqa: F401  (imports register their cases)
+    from ..rotating_features import bench_cases  # noqa: F401
+    return list(_CASES)
+
+
+def compiled(fn):
+    """torch.compile of a reference function (the 'compile' impl of a case)."""
+    return torch.compile(fn)
+
+
+def outputs_close(a, b, rtol=1e-4, atol=1e-4) -> bool:
+    """Recursive allclose over tensors / tuples (float32 kernels vs float32 reference)."""
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(outputs_close(x, y, rtol, atol) for x, y in zip(a, b))
+    if a is None or b is None:
+        return a is None and b is None
+    return bool(torch.allclose(a.float(), b.float(), rtol=rtol, atol=atol))

@@ -1,0 +1,1 @@
+"""Helpers shared by the systems' repro jobs (training loop plumbing, machine description)."""
