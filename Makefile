@@ -18,9 +18,11 @@ $(PY):
 
 # Install only what the environment lacks (the GPU machine has everything and no registry).
 venv: $(PY)
-	@$(PY) tools/missing_deps.py "$(TORCH_SPEC)" > $(VENV)/.missing
-	@if [ -s $(VENV)/.missing ]; then echo "installing: $$(cat $(VENV)/.missing)"; \
-	  $(PIP_INSTALL) $$(cat $(VENV)/.missing); else echo "environment complete, nothing to install"; fi
+	@req=$$($(PY) tools/missing_deps.py "$(TORCH_SPEC)" required); \
+	if [ -n "$$req" ]; then echo "installing: $$req"; $(PIP_INSTALL) $$req; fi
+	@opt=$$($(PY) tools/missing_deps.py "$(TORCH_SPEC)" optional); \
+	if [ -n "$$opt" ]; then echo "installing optional: $$opt"; \
+	  $(PIP_INSTALL) --retries 0 --timeout 15 $$opt || echo "optional packages unavailable ($$opt): the tests that need them will skip"; fi
 
 build: venv
 	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .

@@ -1,7 +1,9 @@
-"""Print the pip requirements this environment still lacks (one line, space separated).
+"""Print the pip requirements this environment still lacks, space separated.
 
-Anything already importable is left alone, so a machine with torch, cmake, ninja, pybind11 and
-scikit-build-core preinstalled (and no package registry) installs nothing.
+`missing_deps.py [TORCH_SPEC] required`: what building and testing need (torch, build tools, pytest).
+`missing_deps.py [TORCH_SPEC] optional`: extras for the repro jobs and sklearn cross-checks; a machine
+without a package registry (the GPU machine) may skip them, and the tests that need them skip too.
+Anything already importable is left alone, so a machine with everything preinstalled installs nothing.
 """
 import importlib.util
 import shutil
@@ -30,18 +32,19 @@ def cmake_ok() -> bool:
 
 def main() -> None:
     torch_spec = sys.argv[1] if len(sys.argv) > 1 else "torch==2.13.0"
+    which = sys.argv[2] if len(sys.argv) > 2 else "required"
     need = []
-    if not have("torch"):
-        need.append(torch_spec)
-    if not cmake_ok():
-        need.append("cmake>=3.26")
-    if not (have("ninja") or shutil.which("ninja")):
-        need.append("ninja")
-    for module, req in [("scikit_build_core", "scikit-build-core>=0.10"), ("pybind11", "pybind11>=2.12"),
-                        ("pytest", "pytest"), ("numpy", "numpy"), ("sklearn", "scikit-learn"),
-                        ("matplotlib", "matplotlib"), ("tqdm", "tqdm")]:
-        if not have(module):
-            need.append(req)
+    if which == "required":
+        if not have("torch"):
+            need.append(torch_spec)
+        if not cmake_ok():
+            need.append("cmake>=3.26")
+        if not (have("ninja") or shutil.which("ninja")):
+            need.append("ninja")
+        modules = [("scikit_build_core", "scikit-build-core>=0.10"), ("pybind11", "pybind11>=2.12"), ("pytest", "pytest")]
+    else:
+        modules = [("numpy", "numpy"), ("sklearn", "scikit-learn"), ("matplotlib", "matplotlib"), ("tqdm", "tqdm")]
+    need += [req for module, req in modules if not have(module)]
     sys.stdout.write(" ".join(need))
 
 

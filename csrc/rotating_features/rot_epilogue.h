@@ -69,6 +69,14 @@ inline void check_stats(const char* op, const char* name, const at::Tensor& t, c
   check_dtype(op, name, t, param_dtype_for(psi.scalar_type()));
 }
 
+// LayerNorm row statistics [B], kept in the parameter dtype (float32 for 16-bit psi, as torch does).
+inline void check_row_stats(const char* op, const char* name, const at::Tensor& t, const at::Tensor& psi,
+                            int64_t B) {
+  check_sizes(op, name, t, {B});
+  check_device(op, name, t, psi);
+  check_dtype(op, name, t, param_dtype_for(psi.scalar_type()));
+}
+
 inline void check_grad(const char* op, const char* name, const at::Tensor& g, const at::Tensor& like_t,
                        c10::IntArrayRef want) {
   check_sizes(op, name, g, want);
@@ -97,6 +105,8 @@ inline Geometry check_ln_inputs(const char* op, const at::Tensor& psi, const at:
   check_floating(op, "psi", psi);
   check_dim(op, "rot_bias", rot_bias, 2, "[n, C]");
   Geometry g{psi.size(0), psi.size(1), psi.size(2), 1, false};
+  TORCH_CHECK_VALUE(g.n >= 1, op, ": psi must have at least one rotation dim (dim 1), got shape ",
+                    sizes_str(psi.sizes()));
   TORCH_CHECK_VALUE(rot_bias.size(0) == g.n, op, ": psi has ", g.n,
                     " rotation dims (dim 1) but rot_bias has ", rot_bias.size(0));
   check_sizes(op, "chi", chi, {g.B, g.C});

@@ -611,8 +611,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_ln_bw
                    ": the CPU kernel supports float32 and float64 psi, got ", psi_in.scalar_type());
   check_grad(op, "grad_out", grad_out_in, psi_in, psi_in.sizes());
   if (grad_mag_in) check_grad(op, "grad_mag", *grad_mag_in, psi_in, chi_in.sizes());
-  check_grad(op, "mean", mean_in, psi_in, {g.B});
-  check_grad(op, "rstd", rstd_in, psi_in, {g.B});
+  check_row_stats(op, "mean", mean_in, psi_in, g.B);
+  check_row_stats(op, "rstd", rstd_in, psi_in, g.B);
   auto grad = grad_out_in.contiguous(), psi = psi_in.contiguous(), chi = chi_in.contiguous();
   auto gmag = grad_mag_in ? grad_mag_in->contiguous() : at::Tensor();
   auto rot_bias = rot_bias_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();

@@ -4,7 +4,7 @@
 //
 // Storage dtypes: psi/chi/grads float32, float16, bfloat16 or float64. All arithmetic runs in
 // A = float (double for float64 psi); parameters and BatchNorm statistics are stored in A as
-// well (param_dtype_for), LayerNorm's mean/rstd in psi's dtype (as the fake kernels say).
+// well (param_dtype_for), LayerNorm's mean/rstd in the parameter dtype (float32 for 16-bit psi, as the fake kernels say).
 // Every reduction is a block reduction (common/cuda_utils.cuh) into per-plane / per-chunk
 // partials in double, combined afterwards by one thread per output in a fixed order: results
 // are deterministic and no atomics are used.
@@ -147,8 +147,9 @@ __device__ __forceinline__ SiteGp<A> site_gp(const Site<A>& t, A mu, A rs, A w, 
 }
 
 // g_psi_k = alpha * G_k + beta * y_k + gamma * psi_k (y = psi + b), g_chi = 0.5 * g_m.
-// Follows F.normalize's clamp (no gradient through the clamped norm) and vector_norm's zero
-// gradient at 0, exactly as site_grad in the CPU file.
+// Follows F.normalize's clamp (no gradient through the clamped norm: beta = 0 there) and
+// vector_norm's zero gradient at 0 (gamma = 0 there), exactly as site_grad_coeffs in the CPU
+// kernels; a NaN norm propagates (inv_rho = NaN), as it does there and in the reference.
 template <typename A>
 struct SiteGrad {
   A alpha, beta, gamma;
@@ -157,11 +158,10 @@ struct SiteGrad {
 template <typename A>
 __device__ __forceinline__ SiteGrad<A> site_grad(A a, A ysq, A gy, A mhat, A g_m) {
   const A ynorm = dsqrt(ysq);
-  const bool clamped = !(ynorm > A(kNormalizeEps));
-  const A inv_rho = clamped ? A(1.0 / kNormalizeEps) : A(1) / ynorm;
+  const A inv_rho = A(1) / clamp_norm(ynorm);
   SiteGrad<A> s;
   s.alpha = mhat * inv_rho;
-  s.beta = clamped ? A(0) : -mhat * gy * inv_rho * inv_rho * inv_rho;
+  s.beta = ynorm > A(kNormalizeEps) ? -mhat * gy * inv_rho * inv_rho * inv_rho : A(0);
   s.gamma = a > A(0) ? A(0.5) * g_m / a : A(0);
   return s;
 }
@@ -396,8 +396,8 @@ struct LnView {
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
 ln_fwd_kernel(const LnView<T> v, const acc_t<T>* __restrict__ weight, const acc_t<T>* __restrict__ bias,
-              double eps, T* __restrict__ out, T* __restrict__ mag, T* __restrict__ mean,
-              T* __restrict__ rstd) {
+              double eps, T* __restrict__ out, T* __restrict__ mag, acc_t<T>* __restrict__ mean,
+              acc_t<T>* __restrict__ rstd) {
   using A = acc_t<T>;
   const int64_t b = blockIdx.x;
   const int64_t C = v.C;
@@ -413,8 +413,8 @@ ln_fwd_kernel(const LnView<T> v, const acc_t<T>* __restrict__ weight, const acc_
   const double var = mo.count > 0 ? mo.m2 / mo.count : 0.0;
   const double rs = 1.0 / sqrt(var + eps);
   if (threadIdx.x == 0) {
-    mean[b] = static_cast<T>(static_cast<A>(mu));
-    rstd[b] = static_cast<T>(static_cast<A>(rs));
+    mean[b] = static_cast<A>(mu);
+    rstd[b] = static_cast<A>(rs);
   }
   const A mu_a = static_cast<A>(mu), rs_a = static_cast<A>(rs);
   T* out_row = out + b * v.n * C;
@@ -440,7 +440,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
 ln_bwd_kernel(const LnView<T> v, const T* __restrict__ grad, const T* __restrict__ gmag,
               const acc_t<T>* __restrict__ weight, const acc_t<T>* __restrict__ bias,
-              const T* __restrict__ mean, const T* __restrict__ rstd, int64_t rows_per_chunk,
+              const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd, int64_t rows_per_chunk,
               T* __restrict__ g_psi, T* __restrict__ g_chi, double* __restrict__ part) {
   using A = acc_t<T>;
   const int64_t n = v.n, C = v.C;
@@ -450,7 +450,7 @@ ln_bwd_kernel(const LnView<T> v, const T* __restrict__ grad, const T* __restrict
   double* pt = part + static_cast<int64_t>(blockIdx.x) * width;
   for (int64_t b = r0; b < r1; ++b) {  // uniform across the block
     const bool first = b == r0;
-    const A mu = static_cast<A>(mean[b]), rs = static_cast<A>(rstd[b]);
+    const A mu = mean[b], rs = rstd[b];
     const T* psi = v.psi + b * n * C;
     const T* chi = v.chi + b * C;
     const T* g = grad + b * n * C;
@@ -683,7 +683,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_ln_fwd_cuda(
   auto psi = psi_in.contiguous(), chi = chi_in.contiguous(), rot_bias = rot_bias_in.contiguous();
   auto weight = weight_in.contiguous(), bias = bias_in.contiguous();
   auto out = at::empty_like(psi), mag = at::empty_like(chi);
-  auto mean = at::empty({g.B}, psi.options()), rstd = at::empty({g.B}, psi.options());
+  const auto stats_opts = psi.options().dtype(param_dtype_for(psi.scalar_type()));
+  auto mean = at::empty({g.B}, stats_opts), rstd = at::empty({g.B}, stats_opts);
   const unsigned row_grid = grid_for(g.B, op, "rows");
   auto stream = c10::cuda::getCurrentCUDAStream();
 
@@ -695,7 +696,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_ln_fwd_cuda(
                         g.B, g.n, g.C};
       ln_fwd_kernel<T><<<row_grid, kThreads, 0, stream>>>(
           v, weight.const_data_ptr<A>(), bias.const_data_ptr<A>(), eps, out.mutable_data_ptr<T>(),
-          mag.mutable_data_ptr<T>(), mean.mutable_data_ptr<T>(), rstd.mutable_data_ptr<T>());
+          mag.mutable_data_ptr<T>(), mean.mutable_data_ptr<A>(), rstd.mutable_data_ptr<A>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
@@ -722,8 +723,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_ln_bw
   check_cuda_dtype(op, psi_in);
   check_grad(op, "grad_out", grad_out_in, psi_in, psi_in.sizes());
   if (grad_mag_in) check_grad(op, "grad_mag", *grad_mag_in, psi_in, chi_in.sizes());
-  check_grad(op, "mean", mean_in, psi_in, {g.B});
-  check_grad(op, "rstd", rstd_in, psi_in, {g.B});
+  check_row_stats(op, "mean", mean_in, psi_in, g.B);
+  check_row_stats(op, "rstd", rstd_in, psi_in, g.B);
 
   c10::cuda::CUDAGuard guard(psi_in.device());
   auto grad = grad_out_in.contiguous(), psi = psi_in.contiguous(), chi = chi_in.contiguous();
@@ -748,8 +749,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_ln_bw
                         g.B, g.n, g.C};
       ln_bwd_kernel<T><<<grid_for(chunks, op, "row chunks"), kThreads, 0, stream>>>(
           v, grad.const_data_ptr<T>(), gmag.defined() ? gmag.const_data_ptr<T>() : nullptr,
-          weight.const_data_ptr<A>(), bias.const_data_ptr<A>(), mean.const_data_ptr<T>(),
-          rstd.const_data_ptr<T>(), rows_per_chunk, g_psi.mutable_data_ptr<T>(),
+          weight.const_data_ptr<A>(), bias.const_data_ptr<A>(), mean.const_data_ptr<A>(),
+          rstd.const_data_ptr<A>(), rows_per_chunk, g_psi.mutable_data_ptr<T>(),
           g_chi.mutable_data_ptr<T>(), part.mutable_data_ptr<double>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from helpers import (assert_bad_input, check_compile, check_gradcheck, check_opcheck,  # noqa: F401
-                     compare_with_reference, cpu_isa, device_params, noncontiguous)
+                     compare_with_reference, cpu_isa, device_params, noncontiguous, requires_cuda)
 from phasor.rotating_features import ops, reference as ref
 
 # (B, n, C, *spatial): odd sizes, batch 1, empty batch, no / 1-D / 2-D / 3-D spatial dims,
@@ -244,3 +244,38 @@ def test_cpu_isa_switch_rejects_unknown_names():
     before = phasor._C.cpu_isa()
     assert not phasor._C.set_cpu_isa("avx9000")
     assert phasor._C.cpu_isa() == before
+
+
+def test_ln_rejects_zero_rotation_dims():
+    assert_bad_input(ops.rot_ln_epilogue, torch.randn(2, 0, 3), torch.rand(2, 3), torch.randn(0, 3), torch.ones(3),
+                     torch.zeros(3), names="psi")
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("lift", [False, True])
+def test_bn_low_precision_cuda(lift, training, dtype):
+    """16-bit storage, float32 parameters and math: error within the FA rule of a same-precision run."""
+    d = bn_inputs((4, 8, 16, 12, 12), lift, "cuda", torch.float32)
+    d["psi"] = d["psi"].to(dtype)
+    d["chi"] = None if lift else d["chi"].to(dtype)
+
+    def ref_low(*a):
+        return tuple(o.to(dtype) for o in ref_bn(*a))
+    compare_with_reference(fused_bn, ref_low, bn_args(d, training), dtype, frozen=STATS)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_ln_low_precision_cuda(dtype):
+    g = torch.Generator().manual_seed(3)
+    psi, chi = torch.randn(16, 8, 300, generator=g), torch.rand(16, 300, generator=g)
+    params = [torch.randn(8, 300, generator=g), 1 + torch.rand(300, generator=g), torch.randn(300, generator=g)]
+    args = [psi.cuda().to(dtype), chi.cuda().to(dtype)] + [p.cuda() for p in params]
+
+    def ref_low(*a):
+        return tuple(o.to(dtype) for o in ref.rot_ln_epilogue_ref(*a))
+    compare_with_reference(ops.rot_ln_epilogue, ref_low, args, dtype)
+    out, mag, mean, rstd = torch.ops.phasor.rot_ln_fwd(*args, 1e-5)
+    assert mean.dtype == rstd.dtype == torch.float32  # statistics stay float32, as torch's layer norm

@@ -65,8 +65,9 @@ def _rot_ln_fwd_fake(psi, chi, rot_bias, weight, bias, eps):
     torch._check(psi.dim() == 3, lambda: f"psi must be [B, n, C], got {tuple(psi.shape)}")
     torch._check(tuple(chi.shape) == (psi.shape[0], psi.shape[2]), lambda: "chi must be [B, C]")
     _check_devices_dtypes(psi, chi, rot_bias=rot_bias, weight=weight, bias=bias)
-    b = psi.shape[0]
-    return torch.empty_like(psi), torch.empty_like(chi), psi.new_empty((b,)), psi.new_empty((b,))
+    torch._check(psi.shape[1] >= 1, lambda: "psi must have at least one rotation dim")
+    b, stats = psi.shape[0], _param_dtype(psi.dtype)  # float32 statistics for 16-bit psi, as torch's LN
+    return torch.empty_like(psi), torch.empty_like(chi), psi.new_empty((b,), dtype=stats), psi.new_empty((b,), dtype=stats)
 
 
 @torch.library.register_fake("phasor::rot_ln_bwd")
