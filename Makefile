@@ -1,6 +1,7 @@
 # phasor: `make test` and `make bench` work from a fresh clone with no other step.
 # They create .venv (seeing the interpreter's own packages, so a machine that already has torch
 # and the build tools installs nothing), install only what is missing, build, and run.
+SHELL  := /bin/bash -o pipefail
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -35,7 +36,7 @@ test-fast: build
 	$(PY) -m pytest -q -ra -m "not slow" tests
 
 bench: build
-	$(PY) -m phasor bench --device cpu --json bench/results/latest_cpu.json
+	$(PY) -m phasor bench --device cpu --json bench/results/cpu-latest.json | tee bench/results/cpu-latest.txt
 
 wheel: venv
 	$(PY) -m pip wheel --no-build-isolation --no-deps -w dist .

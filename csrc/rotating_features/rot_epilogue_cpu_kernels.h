@@ -10,13 +10,11 @@
 // (channel statistics, then output), each recomputing the cheap per-site terms instead of
 // storing them. Reductions go through per-plane (or fixed-size row-chunk) partial sums that
 // are combined in a fixed order, so results do not depend on the thread count.
+#include "rotating_features/rot_epilogue_args.h"
 #include "rotating_features/rot_epilogue_cpu_entry.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -229,6 +227,11 @@ void bn_apply(const BnPlan& p, const T* psi, const T* chi, const T* rbias, const
   });
 }
 
+inline void check_cpu_dtype(const char* op, const at::Tensor& psi) {
+  TORCH_CHECK_TYPE(psi.scalar_type() == at::kFloat || psi.scalar_type() == at::kDouble, op,
+                   ": the CPU kernel supports float32 and float64 psi, got ", psi.scalar_type());
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_bn_fwd_cpu(
@@ -237,31 +240,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_bn_fwd_cpu(
     const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
     bool training, double eps) {
   constexpr const char* op = "phasor::rot_bn_fwd";
-  const Geometry g = check_bn_inputs(op, psi_in, chi_in, rot_bias_in, weight_in, bias_in);
-  TORCH_CHECK_VALUE(eps >= 0, op, ": eps must be >= 0, got ", eps);
-  TORCH_CHECK_TYPE(psi_in.scalar_type() == at::kFloat || psi_in.scalar_type() == at::kDouble, op,
-                   ": the CPU kernel supports float32 and float64 psi, got ", psi_in.scalar_type());
-  if (!training) {
-    TORCH_CHECK_VALUE(running_mean.has_value() && running_var.has_value(), op,
-                      ": running_mean and running_var are required when training=False");
-  }
-  if (running_mean) check_stats(op, "running_mean", *running_mean, psi_in, g.C);
-  if (running_var) check_stats(op, "running_var", *running_var, psi_in, g.C);
-
-  auto psi = psi_in.contiguous();
-  auto chi = chi_in ? chi_in->contiguous() : at::Tensor();
-  auto rot_bias = rot_bias_in.contiguous();
-  auto weight = weight_in.contiguous(), bias = bias_in.contiguous();
-  auto out = at::empty(out_sizes(psi, g.n), psi.options());
-  auto mag = at::empty(mag_sizes(psi), psi.options());
-  at::Tensor mean, var;
-  if (training) {
-    mean = at::empty({g.C}, weight.options());
-    var = at::empty({g.C}, weight.options());
-  } else {
-    mean = running_mean->clone();
-    var = running_var->clone();
-  }
+  check_floating(op, "psi", psi_in);
+  check_cpu_dtype(op, psi_in);
+  auto A = prepare_bn_fwd(op, psi_in, chi_in, rot_bias_in, weight_in, bias_in, running_mean, running_var,
+                          training, eps);
+  const Geometry& g = A.g;
+  auto &psi = A.psi, &chi = A.chi, &rot_bias = A.rot_bias, &weight = A.weight, &bias = A.bias;
+  auto &out = A.out, &mag = A.mag, &mean = A.mean, &var = A.var;
   const BnPlan p = bn_plan(g);
   AT_DISPATCH_FLOATING_TYPES(psi.scalar_type(), "rot_bn_fwd_cpu", [&] {
     const scalar_t* chi_p = g.lift ? nullptr : chi.const_data_ptr<scalar_t>();
@@ -414,23 +399,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_bn_bw
     const at::Tensor& weight_in, const at::Tensor& bias_in, const at::Tensor& mean_in,
     const at::Tensor& var_in, bool training, double eps) {
   constexpr const char* op = "phasor::rot_bn_bwd";
-  const Geometry g = check_bn_inputs(op, psi_in, chi_in, rot_bias_in, weight_in, bias_in);
-  TORCH_CHECK_TYPE(psi_in.scalar_type() == at::kFloat || psi_in.scalar_type() == at::kDouble, op,
-                   ": the CPU kernel supports float32 and float64 psi, got ", psi_in.scalar_type());
-  check_stats(op, "mean", mean_in, psi_in, g.C);
-  check_stats(op, "var", var_in, psi_in, g.C);
-  check_grad(op, "grad_out", grad_out_in, psi_in, out_sizes(psi_in, g.n));
-  if (grad_mag_in) check_grad(op, "grad_mag", *grad_mag_in, psi_in, mag_sizes(psi_in));
-
-  auto grad = grad_out_in.contiguous(), psi = psi_in.contiguous();
-  auto gmag = grad_mag_in ? grad_mag_in->contiguous() : at::Tensor();
-  auto chi = chi_in ? chi_in->contiguous() : at::Tensor();
-  auto rot_bias = rot_bias_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
-  auto mean = mean_in.contiguous(), var = var_in.contiguous();
-
-  auto g_psi = at::empty_like(psi);
-  auto g_chi = g.lift ? at::empty({0}, psi.options()) : at::empty_like(chi);
-  auto g_rbias = at::empty_like(rot_bias), g_weight = at::empty_like(weight), g_bias = at::empty_like(bias);
+  check_floating(op, "psi", psi_in);
+  check_cpu_dtype(op, psi_in);
+  auto R = prepare_bn_bwd(op, grad_out_in, grad_mag_in, psi_in, chi_in, rot_bias_in, weight_in, bias_in,
+                          mean_in, var_in);
+  const Geometry& g = R.g;
+  auto &grad = R.grad, &gmag = R.gmag, &psi = R.psi, &chi = R.chi, &rot_bias = R.rot_bias;
+  auto &weight = R.weight, &bias = R.bias, &mean = R.stat0, &var = R.stat1;
+  auto &g_psi = R.g_psi, &g_chi = R.g_chi, &g_rbias = R.g_rbias, &g_weight = R.g_weight, &g_bias = R.g_bias;
   const BnPlan p = bn_plan(g);
   AT_DISPATCH_FLOATING_TYPES(psi.scalar_type(), "rot_bn_bwd_cpu", [&] {
     auto run = [&](auto lift_tag) {
@@ -515,14 +491,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_ln_fwd_cpu(
     const at::Tensor& psi_in, const at::Tensor& chi_in, const at::Tensor& rot_bias_in,
     const at::Tensor& weight_in, const at::Tensor& bias_in, double eps) {
   constexpr const char* op = "phasor::rot_ln_fwd";
-  const Geometry g = check_ln_inputs(op, psi_in, chi_in, rot_bias_in, weight_in, bias_in);
-  TORCH_CHECK_VALUE(eps >= 0, op, ": eps must be >= 0, got ", eps);
-  TORCH_CHECK_TYPE(psi_in.scalar_type() == at::kFloat || psi_in.scalar_type() == at::kDouble, op,
-                   ": the CPU kernel supports float32 and float64 psi, got ", psi_in.scalar_type());
-  auto psi = psi_in.contiguous(), chi = chi_in.contiguous(), rot_bias = rot_bias_in.contiguous();
-  auto weight = weight_in.contiguous(), bias = bias_in.contiguous();
-  auto out = at::empty_like(psi), mag = at::empty_like(chi);
-  auto mean = at::empty({g.B}, psi.options()), rstd = at::empty({g.B}, psi.options());
+  check_floating(op, "psi", psi_in);
+  check_cpu_dtype(op, psi_in);
+  auto A = prepare_ln_fwd(op, psi_in, chi_in, rot_bias_in, weight_in, bias_in, eps);
+  const Geometry& g = A.g;
+  auto &psi = A.psi, &chi = A.chi, &rot_bias = A.rot_bias, &weight = A.weight, &bias = A.bias;
+  auto &out = A.out, &mag = A.mag, &mean = A.mean, &rstd = A.rstd;
   AT_DISPATCH_FLOATING_TYPES(psi.scalar_type(), "rot_ln_fwd_cpu", [&] {
     ln_forward<scalar_t>(g, psi.const_data_ptr<scalar_t>(), chi.const_data_ptr<scalar_t>(),
                          rot_bias.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
@@ -606,19 +580,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_ln_bw
     const at::Tensor& weight_in, const at::Tensor& bias_in, const at::Tensor& mean_in,
     const at::Tensor& rstd_in) {
   constexpr const char* op = "phasor::rot_ln_bwd";
-  const Geometry g = check_ln_inputs(op, psi_in, chi_in, rot_bias_in, weight_in, bias_in);
-  TORCH_CHECK_TYPE(psi_in.scalar_type() == at::kFloat || psi_in.scalar_type() == at::kDouble, op,
-                   ": the CPU kernel supports float32 and float64 psi, got ", psi_in.scalar_type());
-  check_grad(op, "grad_out", grad_out_in, psi_in, psi_in.sizes());
-  if (grad_mag_in) check_grad(op, "grad_mag", *grad_mag_in, psi_in, chi_in.sizes());
-  check_row_stats(op, "mean", mean_in, psi_in, g.B);
-  check_row_stats(op, "rstd", rstd_in, psi_in, g.B);
-  auto grad = grad_out_in.contiguous(), psi = psi_in.contiguous(), chi = chi_in.contiguous();
-  auto gmag = grad_mag_in ? grad_mag_in->contiguous() : at::Tensor();
-  auto rot_bias = rot_bias_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
-  auto mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
-  auto g_psi = at::empty_like(psi), g_chi = at::empty_like(chi);
-  auto g_rbias = at::empty_like(rot_bias), g_weight = at::empty_like(weight), g_bias = at::empty_like(bias);
+  check_floating(op, "psi", psi_in);
+  check_cpu_dtype(op, psi_in);
+  auto R = prepare_ln_bwd(op, grad_out_in, grad_mag_in, psi_in, chi_in, rot_bias_in, weight_in, bias_in,
+                          mean_in, rstd_in);
+  const Geometry& g = R.g;
+  auto &grad = R.grad, &gmag = R.gmag, &psi = R.psi, &chi = R.chi, &rot_bias = R.rot_bias;
+  auto &weight = R.weight, &bias = R.bias, &mean = R.stat0, &rstd = R.stat1;
+  auto &g_psi = R.g_psi, &g_chi = R.g_chi, &g_rbias = R.g_rbias, &g_weight = R.g_weight, &g_bias = R.g_bias;
   AT_DISPATCH_FLOATING_TYPES(psi.scalar_type(), "rot_ln_bwd_cpu", [&] {
     ln_backward<scalar_t>(g, grad.const_data_ptr<scalar_t>(),
                           gmag.defined() ? gmag.const_data_ptr<scalar_t>() : nullptr,

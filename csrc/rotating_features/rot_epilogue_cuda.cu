@@ -14,7 +14,7 @@
 // (|psi|, |psi + b|^2, m, <G, psi + b>) are recomputed in every pass, as on the CPU.
 // LayerNorm layout: row b holds C sites (channels), component stride C. One block per row
 // (forward) or per chunk of rows (backward).
-#include "rotating_features/rot_epilogue.h"
+#include "rotating_features/rot_epilogue_args.h"
 
 #include "common/cuda_utils.cuh"
 
@@ -532,31 +532,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_bn_fwd_cuda(
     const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var,
     bool training, double eps) {
   constexpr const char* op = "phasor::rot_bn_fwd";
-  const Geometry g = check_bn_inputs(op, psi_in, chi_in, rot_bias_in, weight_in, bias_in);
-  TORCH_CHECK_VALUE(eps >= 0, op, ": eps must be >= 0, got ", eps);
   check_cuda_dtype(op, psi_in);
-  if (!training) {
-    TORCH_CHECK_VALUE(running_mean.has_value() && running_var.has_value(), op,
-                      ": running_mean and running_var are required when training=False");
-  }
-  if (running_mean) check_stats(op, "running_mean", *running_mean, psi_in, g.C);
-  if (running_var) check_stats(op, "running_var", *running_var, psi_in, g.C);
-
   c10::cuda::CUDAGuard guard(psi_in.device());
-  auto psi = psi_in.contiguous();
-  auto chi = chi_in ? chi_in->contiguous() : at::Tensor();
-  auto rot_bias = rot_bias_in.contiguous();
-  auto weight = weight_in.contiguous(), bias = bias_in.contiguous();
-  auto out = at::empty(out_sizes(psi, g.n), psi.options());
-  auto mag = at::empty(mag_sizes(psi), psi.options());
-  at::Tensor mean, var;
-  if (training) {
-    mean = at::empty({g.C}, weight.options());
-    var = at::empty({g.C}, weight.options());
-  } else {
-    mean = running_mean->clone(at::MemoryFormat::Contiguous);
-    var = running_var->clone(at::MemoryFormat::Contiguous);
-  }
+  auto A = prepare_bn_fwd(op, psi_in, chi_in, rot_bias_in, weight_in, bias_in, running_mean, running_var,
+                          training, eps);
+  const Geometry& g = A.g;
+  auto &psi = A.psi, &chi = A.chi, &rot_bias = A.rot_bias, &weight = A.weight, &bias = A.bias;
+  auto &out = A.out, &mag = A.mag, &mean = A.mean, &var = A.var;
   const int64_t planes = g.B * g.C;
   const bool any_sites = planes > 0 && g.S > 0;
   const unsigned plane_grid = grid_for(planes, op, "(batch, channel) planes");
@@ -601,23 +583,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_bn_bw
     const at::Tensor& weight_in, const at::Tensor& bias_in, const at::Tensor& mean_in,
     const at::Tensor& var_in, bool training, double eps) {
   constexpr const char* op = "phasor::rot_bn_bwd";
-  const Geometry g = check_bn_inputs(op, psi_in, chi_in, rot_bias_in, weight_in, bias_in);
   check_cuda_dtype(op, psi_in);
-  check_stats(op, "mean", mean_in, psi_in, g.C);
-  check_stats(op, "var", var_in, psi_in, g.C);
-  check_grad(op, "grad_out", grad_out_in, psi_in, out_sizes(psi_in, g.n));
-  if (grad_mag_in) check_grad(op, "grad_mag", *grad_mag_in, psi_in, mag_sizes(psi_in));
-
   c10::cuda::CUDAGuard guard(psi_in.device());
-  auto grad = grad_out_in.contiguous(), psi = psi_in.contiguous();
-  auto gmag = grad_mag_in ? grad_mag_in->contiguous() : at::Tensor();
-  auto chi = chi_in ? chi_in->contiguous() : at::Tensor();
-  auto rot_bias = rot_bias_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
-  auto mean = mean_in.contiguous(), var = var_in.contiguous();
-
-  auto g_psi = at::empty_like(psi);
-  auto g_chi = g.lift ? at::empty({0}, psi.options()) : at::empty_like(chi);
-  auto g_rbias = at::empty_like(rot_bias), g_weight = at::empty_like(weight), g_bias = at::empty_like(bias);
+  auto R = prepare_bn_bwd(op, grad_out_in, grad_mag_in, psi_in, chi_in, rot_bias_in, weight_in, bias_in,
+                          mean_in, var_in);
+  const Geometry& g = R.g;
+  auto &grad = R.grad, &gmag = R.gmag, &psi = R.psi, &chi = R.chi, &rot_bias = R.rot_bias;
+  auto &weight = R.weight, &bias = R.bias, &mean = R.stat0, &var = R.stat1;
+  auto &g_psi = R.g_psi, &g_chi = R.g_chi, &g_rbias = R.g_rbias, &g_weight = R.g_weight, &g_bias = R.g_bias;
 
   const int64_t planes = g.B * g.C;
   const bool any_sites = planes > 0 && g.S > 0;
@@ -675,16 +648,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_ln_fwd_cuda(
     const at::Tensor& psi_in, const at::Tensor& chi_in, const at::Tensor& rot_bias_in,
     const at::Tensor& weight_in, const at::Tensor& bias_in, double eps) {
   constexpr const char* op = "phasor::rot_ln_fwd";
-  const Geometry g = check_ln_inputs(op, psi_in, chi_in, rot_bias_in, weight_in, bias_in);
-  TORCH_CHECK_VALUE(eps >= 0, op, ": eps must be >= 0, got ", eps);
   check_cuda_dtype(op, psi_in);
-
   c10::cuda::CUDAGuard guard(psi_in.device());
-  auto psi = psi_in.contiguous(), chi = chi_in.contiguous(), rot_bias = rot_bias_in.contiguous();
-  auto weight = weight_in.contiguous(), bias = bias_in.contiguous();
-  auto out = at::empty_like(psi), mag = at::empty_like(chi);
-  const auto stats_opts = psi.options().dtype(param_dtype_for(psi.scalar_type()));
-  auto mean = at::empty({g.B}, stats_opts), rstd = at::empty({g.B}, stats_opts);
+  auto A = prepare_ln_fwd(op, psi_in, chi_in, rot_bias_in, weight_in, bias_in, eps);
+  const Geometry& g = A.g;
+  auto &psi = A.psi, &chi = A.chi, &rot_bias = A.rot_bias, &weight = A.weight, &bias = A.bias;
+  auto &out = A.out, &mag = A.mag, &mean = A.mean, &rstd = A.rstd;
   const unsigned row_grid = grid_for(g.B, op, "rows");
   auto stream = c10::cuda::getCurrentCUDAStream();
 
@@ -719,20 +688,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_ln_bw
     const at::Tensor& weight_in, const at::Tensor& bias_in, const at::Tensor& mean_in,
     const at::Tensor& rstd_in) {
   constexpr const char* op = "phasor::rot_ln_bwd";
-  const Geometry g = check_ln_inputs(op, psi_in, chi_in, rot_bias_in, weight_in, bias_in);
   check_cuda_dtype(op, psi_in);
-  check_grad(op, "grad_out", grad_out_in, psi_in, psi_in.sizes());
-  if (grad_mag_in) check_grad(op, "grad_mag", *grad_mag_in, psi_in, chi_in.sizes());
-  check_row_stats(op, "mean", mean_in, psi_in, g.B);
-  check_row_stats(op, "rstd", rstd_in, psi_in, g.B);
-
   c10::cuda::CUDAGuard guard(psi_in.device());
-  auto grad = grad_out_in.contiguous(), psi = psi_in.contiguous(), chi = chi_in.contiguous();
-  auto gmag = grad_mag_in ? grad_mag_in->contiguous() : at::Tensor();
-  auto rot_bias = rot_bias_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
-  auto mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
-  auto g_psi = at::empty_like(psi), g_chi = at::empty_like(chi);
-  auto g_rbias = at::empty_like(rot_bias), g_weight = at::empty_like(weight), g_bias = at::empty_like(bias);
+  auto R = prepare_ln_bwd(op, grad_out_in, grad_mag_in, psi_in, chi_in, rot_bias_in, weight_in, bias_in,
+                          mean_in, rstd_in);
+  const Geometry& g = R.g;
+  auto &grad = R.grad, &gmag = R.gmag, &psi = R.psi, &chi = R.chi, &rot_bias = R.rot_bias;
+  auto &weight = R.weight, &bias = R.bias, &mean = R.stat0, &rstd = R.stat1;
+  auto &g_psi = R.g_psi, &g_chi = R.g_chi, &g_rbias = R.g_rbias, &g_weight = R.g_weight, &g_bias = R.g_bias;
 
   const int64_t width = (g.n + 2) * g.C;
   const int64_t rows_per_chunk = ln_rows_per_chunk(g.B, width);
