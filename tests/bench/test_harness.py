@@ -1,0 +1,53 @@
+"""The benchmark harness: correctness is checked first, every impl is timed, records have the keys."""
+import io
+import json
+
+import torch
+
+from phasor.bench import harness, registry
+
+
+def test_harness_runs_a_case_and_writes_records(tmp_path, monkeypatch):
+    x = torch.randn(256)
+
+    def factory(device):
+        return registry.Case({"fused": lambda: x * 2, "eager": lambda: x + x}, check=lambda: True)
+
+    monkeypatch.setattr(registry, "_CASES", [registry.CaseSpec("toy_op", "tiny", factory, ("cpu",))])
+    monkeypatch.setattr(harness, "all_cases", lambda: list(registry._CASES))
+    out = io.StringIO()
+    records = harness.run("toy_op", "cpu", min_run_time=0.01, out=out)
+    assert [r["impl"] for r in records] == ["fused", "eager"]
+    for r in records:
+        assert {"op", "case", "device", "impl", "median_ms", "peak_mem_mb", "correct"} <= set(r)
+        assert r["median_ms"] > 0 and r["correct"] is True
+    assert "toy_op" in out.getvalue() and "speedup" in out.getvalue()
+    path = tmp_path / "b.json"
+    harness.write_json(records, str(path))
+    saved = json.loads(path.read_text())
+    assert len(saved["records"]) == 2 and "machine" in saved and "build_info" in saved
+
+
+def test_a_failed_correctness_check_is_reported(monkeypatch):
+    def factory(device):
+        return registry.Case({"fused": lambda: None, "eager": lambda: None}, check=lambda: False)
+
+    monkeypatch.setattr(registry, "_CASES", [registry.CaseSpec("toy_op", "wrong", factory, ("cpu",))])
+    monkeypatch.setattr(harness, "all_cases", lambda: list(registry._CASES))
+    records = harness.run("toy_op", "cpu", min_run_time=0.01, out=io.StringIO())
+    assert all(r["correct"] is False for r in records)
+
+
+def test_peak_memory_counts_live_allocations():
+    def alloc():
+        a = torch.empty(1_000_000)   # 4 MB
+        b = torch.empty(2_000_000)   # 8 MB, both alive
+        del a
+        return b
+    assert 11.0 < harness._cpu_peak_mb(alloc) < 13.0
+
+
+def test_rotating_features_cases_are_registered():
+    specs = registry.all_cases()
+    assert {"rot_bn_epilogue", "rot_ln_epilogue", "rotating_layer"} <= {s.op for s in specs}
+    assert all("cpu" in s.devices for s in specs)
