@@ -29,17 +29,27 @@ class Config:
     hidden_dim: int = 32
     linear_dim: int = 64
     batch_size: int = 32
-    steps: int = 3000
-    lr: float = 1e-3
+    steps: int = 3750
+    lr: float = 4e-3
     warmup_steps: int = 500
+    decay_from: float = 0.6667  # lr decays linearly to 0 over the last third (1.0: constant, as official)
     clip_grad_norm: float = 0.1
     train_images: int = 20000
     test_images: int = 1000
     val_images: int = 256
-    eval_every: int = 500
+    eval_every: int = 250
     seed: int = 1
+    sklearn_check_images: int = 200  # also score these test images with scikit-learn, official style
     threads: int = 0  # 0: torch's default
     out_dir: str = "runs/rotating_features"
+
+
+# Fields that do not change what is trained: a checkpoint stays valid when only these differ.
+EVAL_ONLY_FIELDS = {"test_images", "sklearn_check_images", "threads", "out_dir"}
+
+
+def _training_config(cfg_dict: dict) -> dict:
+    return {k: v for k, v in cfg_dict.items() if k not in EVAL_ONLY_FIELDS}
 
 
 def _batches(num_images: int, batch_size: int, seed: int, start_step: int):
@@ -73,6 +83,29 @@ def evaluate_model(model, split_data, num_objects, seed):
     return {"ARI-BG": result["ARI-BG"], "MBO_i": result["MBO_i"], "MSE": mse}, recon, rot, result["pred_labels"]
 
 
+def sklearn_crosscheck(rot, labels, num_objects: int, seed: int, num_images: int):
+    """ARI-BG of the first images scored the official way (scikit-learn KMeans per image, n_init=10,
+    adjusted_rand_score on foreground pixels), next to phasor's batched torch k-means on the same images.
+    Returns None when scikit-learn is not installed."""
+    try:
+        from sklearn.cluster import KMeans
+        from sklearn.metrics import adjusted_rand_score
+    except ImportError:
+        return None
+    from .evaluation import object_features
+    rot, labels = rot[:num_images], labels[:num_images].long()
+    feats = object_features(rot).numpy()
+    scores = []
+    for i in range(len(rot)):
+        gt = labels[i].reshape(-1).numpy()
+        keep = gt >= 0  # mask_overlap: overlap pixels take no part in k-means
+        pred = KMeans(n_clusters=num_objects + 1, n_init=10, random_state=seed).fit_predict(feats[i][keep])
+        fg = gt[keep] > 0
+        scores.append(adjusted_rand_score(gt[keep][fg], pred[fg]))
+    torch_ari = evaluate(rot, labels, num_objects, seed=seed)["ARI-BG"]
+    return {"images": len(rot), "sklearn_ARI-BG": float(sum(scores) / len(scores)), "phasor_ARI-BG": torch_ari}
+
+
 def train(cfg: Config, resume: bool = True, log=print) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,13 +120,18 @@ def train(cfg: Config, resume: bool = True, log=print) -> dict:
     c, s = train_set["images"].shape[1], train_set["images"].shape[2]
     model = RotatingAutoEncoder(c, s, cfg.n, cfg.hidden_dim, cfg.linear_dim)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: linear_warmup(st, cfg.warmup_steps))
+    decay_start = int(cfg.decay_from * cfg.steps)
+
+    def lr_factor(st):
+        tail = 1.0 if st < decay_start else max(0.0, (cfg.steps - st) / max(cfg.steps - decay_start, 1))
+        return linear_warmup(st, cfg.warmup_steps) * tail
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     ckpt_path = out / "checkpoint.pt"
     history = {"step": [], "loss": [], "val_step": [], "val_ARI-BG": [], "val_MSE": []}
     start, seconds_before = 0, 0.0
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False)
-        if ck["config"] == dataclasses.asdict(cfg):
+        if _training_config(ck["config"]) == _training_config(dataclasses.asdict(cfg)):
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["opt"])
             sched.load_state_dict(ck["sched"])
@@ -143,6 +181,7 @@ def train(cfg: Config, resume: bool = True, log=print) -> dict:
             "final_train_loss": history["loss"][-1] if history["loss"] else math.nan,
             "test_images": len(test_set["images"]),
         },
+        "sklearn_crosscheck": sklearn_crosscheck(rot, test_set["labels"], num_obj, cfg.seed, cfg.sklearn_check_images),
         "history": history,
         "machine": machine_description(),
         "seconds": time.time() - t_start + seconds_before,
