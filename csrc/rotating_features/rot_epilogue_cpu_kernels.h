@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #ifndef PHASOR_CPU_ISA
@@ -53,7 +54,7 @@ inline T bias_at(const T* bias, int64_t bk, int64_t k, int64_t j) {
 
 // Per-site terms of one tile: a = |psi|, ysq = |psi + b|^2, m = 0.5 a + 0.5 chi and, with a
 // gradient, gy = <grad, psi + b>.
-template <typename T, bool LIFT, bool BVEC, bool WITH_G>
+template <typename T, bool LIFT, bool BVEC, bool WITH_G, bool WITH_Y = true>
 inline void site_terms(const Tile<T>& t, int64_t n, T* a, T* ysq, T* m, T* gy) {
   const int64_t len = t.len;
 #pragma omp simd
@@ -61,10 +62,11 @@ inline void site_terms(const Tile<T>& t, int64_t n, T* a, T* ysq, T* m, T* gy) {
     const T x = t.psi[j];
     const T y = x + bias_at<BVEC>(t.bias, t.bk, 0, j);
     a[j] = x * x;
-    ysq[j] = y * y;
+    if constexpr (WITH_Y) ysq[j] = y * y;
     if constexpr (WITH_G) gy[j] = t.grad[j] * y;
   }
-  for (int64_t k = 1; k < n; ++k) {
+  // Lift without |psi + b|: only component 0 is non-zero, nothing more to accumulate.
+  for (int64_t k = 1; k < ((LIFT && !WITH_Y && !WITH_G) ? 1 : n); ++k) {
     const T* pk = t.psi + k * t.ks;
     const T* gk = WITH_G ? t.grad + k * t.gks : nullptr;
 #pragma omp simd
@@ -72,7 +74,7 @@ inline void site_terms(const Tile<T>& t, int64_t n, T* a, T* ysq, T* m, T* gy) {
       const T x = LIFT ? T(0) : pk[j];
       const T y = x + bias_at<BVEC>(t.bias, t.bk, k, j);
       if constexpr (!LIFT) a[j] += x * x;
-      ysq[j] += y * y;
+      if constexpr (WITH_Y) ysq[j] += y * y;
       if constexpr (WITH_G) gy[j] += gk[j] * y;
     }
   }
@@ -175,7 +177,7 @@ void bn_batch_stats(const BnPlan& p, const T* psi, const T* chi, const T* rbias,
       for (int64_t s0 = 0; s0 < p.S; s0 += kTile) {
         const int64_t len = std::min(kTile, p.S - s0);
         auto t = bn_tile<T>(p, psi, chi, nullptr, rbias, b, c, s0, len);
-        site_terms<T, LIFT, false, false>(t, p.n, a, ysq, m, nullptr);
+        site_terms<T, LIFT, false, false, /*WITH_Y=*/false>(t, p.n, a, ysq, m, nullptr);
         T sum = 0;
 #pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < len; ++j) sum += m[j];
@@ -276,10 +278,11 @@ struct BnBwdArgs {
   double eps;
 };
 
-// Per-tile g_p and xhat (plus the site terms the second pass reuses).
+// Per-tile g_p, xhat and the backward coefficients pass 2 needs (see site_grad_parts).
 template <typename T, bool LIFT>
 inline void bn_tile_gp(const BnBwdArgs<T, LIFT>& A, const Tile<T>& t, int64_t b, int64_t c,
-                       int64_t s0, T* a, T* ysq, T* m, T* gy, T* xhat, T* gp, T* mhat) {
+                       int64_t s0, T* a, T* ysq, T* m, T* gy, T* xhat, T* gp, T* alpha, T* beta,
+                       T* half_inv_a) {
   const auto& p = A.p;
   site_terms<T, LIFT, false, true>(t, p.n, a, ysq, m, gy);
   const T invstd = T(1.0 / std::sqrt(double(A.var[c]) + A.eps));
@@ -289,29 +292,49 @@ inline void bn_tile_gp(const BnBwdArgs<T, LIFT>& A, const Tile<T>& t, int64_t b,
   for (int64_t j = 0; j < t.len; ++j) {
     const T xh = (m[j] - mu) * invstd;
     const T pre = w * xh + bb;
-    const T inv_rho = T(1) / vmax(std::sqrt(ysq[j]), T(kNormalizeEps));
+    const T mh = vmax(pre, T(0));
+    const T ynorm = std::sqrt(ysq[j]);
+    const T inv_rho = T(1) / vmax(ynorm, T(kNormalizeEps));
     const T g_mhat = gy[j] * inv_rho + (ge ? ge[j] : T(0));
+    const T beta_j = -mh * gy[j] * inv_rho * inv_rho * inv_rho;
+    const T hi_j = T(0.5) / vmax(a[j], std::numeric_limits<T>::min());
     xhat[j] = xh;
-    mhat[j] = vmax(pre, T(0));
     gp[j] = pre > T(0) ? g_mhat : T(0);
+    alpha[j] = mh * inv_rho;
+    beta[j] = ynorm > T(kNormalizeEps) ? beta_j : T(0);
+    half_inv_a[j] = a[j] > T(0) ? hi_j : T(0);  // gamma = g_m * half_inv_a (0 where |psi| = 0)
   }
 }
+
+// Per-site values pass 1 hands to pass 2 (one plane-major array each), so pass 2 is a single
+// streaming loop over psi and grad_out instead of a recomputation of every site term.
+enum SiteField { kGp, kXhat, kAlpha, kBeta, kHalfInvA, kNumSiteFields };
 
 template <typename T, bool LIFT>
 void bn_backward(const BnBwdArgs<T, LIFT>& A, bool training, T* g_psi, T* g_chi, T* g_rbias,
                  T* g_weight, T* g_bias) {
   const auto& p = A.p;
-  // Pass 1: per-plane sums of g_p and g_p * xhat.
+  const int64_t nsites = p.B * p.C * p.S;
+  std::unique_ptr<T[]> site(new T[kNumSiteFields * std::max<int64_t>(nsites, 1)]);  // no zero-fill
+  T* const f_gp = site.get() + kGp * nsites;
+  T* const f_xh = site.get() + kXhat * nsites;
+  T* const f_al = site.get() + kAlpha * nsites;
+  T* const f_be = site.get() + kBeta * nsites;
+  T* const f_hi = site.get() + kHalfInvA * nsites;
+  // Pass 1: site terms, g_p, and per-plane sums of g_p and g_p * xhat.
   std::vector<double> s_gp(p.B * p.C), s_gpx(p.B * p.C);
   at::parallel_for(0, p.B * p.C, p.grain, [&](int64_t lo, int64_t hi) {
-    T a[kTile], ysq[kTile], m[kTile], gy[kTile], xh[kTile], gp[kTile], mh[kTile];
+    T a[kTile], ysq[kTile], m[kTile], gy[kTile];
     for (int64_t pl = lo; pl < hi; ++pl) {
       const int64_t b = pl / p.C, c = pl % p.C;
       double sg = 0, sgx = 0;
       for (int64_t s0 = 0; s0 < p.S; s0 += kTile) {
         const int64_t len = std::min(kTile, p.S - s0);
+        const int64_t site0 = pl * p.S + s0;
         auto t = bn_tile<T>(p, A.psi, A.chi, A.grad, A.rbias, b, c, s0, len);
-        bn_tile_gp(A, t, b, c, s0, a, ysq, m, gy, xh, gp, mh);
+        T* xh = f_xh + site0;
+        T* gp = f_gp + site0;
+        bn_tile_gp(A, t, b, c, s0, a, ysq, m, gy, xh, gp, f_al + site0, f_be + site0, f_hi + site0);
         T tg = 0, tgx = 0;
 #pragma omp simd reduction(+ : tg, tgx)
         for (int64_t j = 0; j < len; ++j) {
@@ -341,31 +364,35 @@ void bn_backward(const BnBwdArgs<T, LIFT>& A, bool training, T* g_psi, T* g_chi,
   // Pass 2: input gradients; rotation-bias gradient as per-plane partials [B, n, C].
   std::vector<double> rb_part(p.B * p.n * p.C);
   at::parallel_for(0, p.B * p.C, p.grain, [&](int64_t lo, int64_t hi) {
-    T a[kTile], ysq[kTile], m[kTile], gy[kTile], xh[kTile], gp[kTile], mh[kTile];
-    T al[kTile], be[kTile], ga[kTile], gm[kTile];
+    T ga[kTile], gm[kTile];
+    std::vector<double> rb(p.n);
     for (int64_t pl = lo; pl < hi; ++pl) {
       const int64_t b = pl / p.C, c = pl % p.C;
       const T invstd = T(1.0 / std::sqrt(double(A.var[c]) + A.eps));
       const T wi = A.weight[c] * invstd;
       const T mg = training ? mean_gp[c] : T(0), mgx = training ? mean_gpx[c] : T(0);
-      std::vector<double> rb(p.n, 0.0);
+      std::fill(rb.begin(), rb.end(), 0.0);
       for (int64_t s0 = 0; s0 < p.S; s0 += kTile) {
         const int64_t len = std::min(kTile, p.S - s0);
-        auto t = bn_tile<T>(p, A.psi, A.chi, A.grad, A.rbias, b, c, s0, len);
-        bn_tile_gp(A, t, b, c, s0, a, ysq, m, gy, xh, gp, mh);
+        const int64_t site0 = pl * p.S + s0;
+        const T *gp = f_gp + site0, *xh = f_xh + site0, *al = f_al + site0, *be = f_be + site0;
+        const T* hia = f_hi + site0;
 #pragma omp simd
-        for (int64_t j = 0; j < len; ++j) gm[j] = wi * (gp[j] - mg - xh[j] * mgx);
-        site_grad_coeffs<T>(len, a, ysq, gy, mh, gm, al, be, ga);
-        const int64_t site0 = (b * p.C + c) * p.S + s0;
+        for (int64_t j = 0; j < len; ++j) {
+          gm[j] = wi * (gp[j] - mg - xh[j] * mgx);
+          ga[j] = hia[j] > T(0) ? gm[j] * hia[j] : T(0);  // 0 where |psi| = 0 (vector_norm's backward)
+        }
+        const T* grad_pl = A.grad + (b * p.n * p.C + c) * p.S + s0;
+        const T* psi_pl = A.psi + (b * p.npsi * p.C + c) * p.S + s0;
         for (int64_t k = 0; k < p.n; ++k) {
-          const T* Gk = t.grad + k * t.gks;
+          const T* Gk = grad_pl + k * p.C * p.S;
           const T bk = A.rbias[k * p.C + c];
           T acc = 0;
           if (LIFT && k > 0) {
 #pragma omp simd reduction(+ : acc)
             for (int64_t j = 0; j < len; ++j) acc += al[j] * Gk[j] + be[j] * bk;
           } else {
-            const T* pk = t.psi + k * t.ks;
+            const T* pk = psi_pl + k * p.C * p.S;
             T* gk = g_psi + (b * p.npsi * p.C + c) * p.S + k * p.C * p.S + s0;
 #pragma omp simd reduction(+ : acc)
             for (int64_t j = 0; j < len; ++j) {
