@@ -69,27 +69,32 @@ for _name, _shape in SHAPES.items():
 register("rot_ln_epilogue", "4shapes_linear_fwdbwd")(lambda d: _epilogue_case(d, (64, 8, 1024), True, ln=True))
 
 
-def _layer_case(device, first: bool):
-    """A whole RotatingConv2d layer, forward + backward: fused vs the official path."""
+def _layer_case(device, first: bool, backward: bool = True, b: int = 64, ch: int = 32, size: int = 16):
+    """A whole RotatingConv2d layer (convolutions included): fused vs the official path."""
     torch.manual_seed(0)
-    n, b = 8, 64
+    n = 8
     if first:
-        fused = RotatingConv2d(1, 32, stride=2, n=n).to(device)
-        x = (torch.rand(b, 1, 32, 32, device=device) > 0.6).float()
+        fused = RotatingConv2d(1, ch, stride=2, n=n).to(device)
+        x = (torch.rand(b, 1, 2 * size, 2 * size, device=device) > 0.6).float()
         inputs_f, inputs_r = [x], [x]
         f_fused = fused.forward_lifted
     else:
-        fused = RotatingConv2d(32, 32, n=n).to(device)
-        z = torch.randn(b, n, 32, 16, 16, device=device, requires_grad=True)
+        fused = RotatingConv2d(ch, ch, n=n).to(device)
+        z = torch.randn(b, n, ch, size, size, device=device, requires_grad=True)
         mag = torch.linalg.vector_norm(z, dim=1).detach().requires_grad_()
         inputs_f, inputs_r = [z, mag], [z]
         f_fused = fused
-    official = RotatingConv2d(fused.conv.in_channels, 32, stride=fused.conv.stride, n=n, fused=False).to(device)
+    official = RotatingConv2d(fused.conv.in_channels, ch, stride=fused.conv.stride, n=n, fused=False).to(device)
     official.load_state_dict(fused.state_dict())
     f_official = (lambda x: official(reference.lift_input(x, n))) if first else official
     params_f, params_o = list(fused.parameters()), list(official.parameters())
 
     def make(mod_fn, inputs, params):
+        if not backward:
+            def run_fwd():
+                with torch.no_grad():
+                    mod_fn(*inputs)
+            return run_fwd
         outs = mod_fn(*inputs)
         cots = [torch.randn_like(o) for o in outs]
 
@@ -100,6 +105,9 @@ def _layer_case(device, first: bool):
                "compile": make(compiled(f_official), inputs_r, params_o)}
 
     def check():
+        # the runners' warm-up forwards updated each twin's BatchNorm statistics a different number
+        # of times: compare from one shared state
+        official.load_state_dict(fused.state_dict())
         fused.eval(), official.eval()
         with torch.no_grad():
             ok = outputs_close(f_fused(*inputs_f)[0], f_official(*inputs_r)[0])
@@ -109,5 +117,11 @@ def _layer_case(device, first: bool):
     return Case(runners, check, note=note)
 
 
+register("rotating_layer", "4shapes_first_fwd")(lambda d: _layer_case(d, True, backward=False))
 register("rotating_layer", "4shapes_first_fwdbwd")(lambda d: _layer_case(d, True))
+register("rotating_layer", "4shapes_l2_fwd")(lambda d: _layer_case(d, False, backward=False))
 register("rotating_layer", "4shapes_l2_fwdbwd")(lambda d: _layer_case(d, False))
+# larger: 64 channels at 32x32, batch 32 (the first layer: a 64x64 image to 64 channels)
+register("rotating_layer", "large_first_fwdbwd")(lambda d: _layer_case(d, True, b=32, ch=64, size=32))
+register("rotating_layer", "large_64ch_32x32_fwd")(lambda d: _layer_case(d, False, backward=False, b=32, ch=64, size=32))
+register("rotating_layer", "large_64ch_32x32_fwdbwd")(lambda d: _layer_case(d, False, b=32, ch=64, size=32))
