@@ -58,9 +58,10 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_an_op(tmp_path):
     py = venv / "bin" / "python"
     site = Path(subprocess.check_output([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                         text=True).strip())
-    # torch is visible through a path entry (a plain directory, so the editable phasor's .pth is not run)
-    torch_parent = Path(torch.__file__).resolve().parents[1]
-    (site / "torch_from_host.pth").write_text(str(torch_parent) + "\n")
+    # torch and its dependencies stay visible through plain path entries: the .pth files inside those
+    # directories (the editable phasor's among them) are not run, so only the wheel provides phasor
+    host_sites = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    (site / "host_packages.pth").write_text("\n".join(host_sites) + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q",
                     str(wheels[0])], check=True, timeout=600)
     code = textwrap.dedent("""
