@@ -20,7 +20,11 @@ PYBIND11_MODULE(_C, m) {
     info["cxx_compiler"] = PHASOR_CXX_COMPILER;
     info["cxx_flags"] = PHASOR_CXX_FLAGS;
     info["build_type"] = PHASOR_BUILD_TYPE;
-    info["openmp"] = static_cast<bool>(AT_PARALLEL_OPENMP);  // CPU threads come from ATen's OpenMP pool
+#ifdef _OPENMP
+    info["openmp"] = true;  // kernels compiled with OpenMP, so at::parallel_for really runs in parallel
+#else
+    info["openmp"] = false;
+#endif
     info["cpu_isas"] = PHASOR_CPU_ISAS;  // instruction-set builds of the CPU kernels
     return info;
   }, "Dict describing how this binary was built: torch version, CUDA kernels and architectures, compiler, flags.");

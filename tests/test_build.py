@@ -22,6 +22,8 @@ def test_build_info_describes_the_binary():
     for key in ("cxx_compiler", "cxx_flags", "build_type", "openmp", "cpu_isas", "nvcc_version"):
         assert key in info
     assert phasor._C.cpu_isa() in info["cpu_isas"].split(",")
+    # at::parallel_for only runs in parallel in code compiled with OpenMP: the kernels must be
+    assert info["openmp"] is True
 
 
 def test_every_op_is_a_torch_op():
