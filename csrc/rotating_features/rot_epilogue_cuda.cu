@@ -19,9 +19,7 @@
 #include "common/cuda_utils.cuh"
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/clone.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

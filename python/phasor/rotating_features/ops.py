@@ -88,7 +88,7 @@ def _bn_setup(ctx, inputs, output):
 def _bn_backward(ctx, grad_out, grad_mag, _gmean, _gvar):
     psi, chi, rot_bias, weight, bias, mean, var = ctx.saved_tensors
     g_psi, g_chi, g_rb, g_w, g_b = torch.ops.phasor.rot_bn_bwd(
-        grad_out.contiguous(), grad_mag, psi, chi, rot_bias, weight, bias, mean, var, ctx.training, ctx.eps)
+        grad_out, grad_mag, psi, chi, rot_bias, weight, bias, mean, var, ctx.training, ctx.eps)
     return g_psi, (None if ctx.lift else g_chi), g_rb, g_w, g_b, None, None, None, None
 
 
@@ -101,7 +101,7 @@ def _ln_setup(ctx, inputs, output):
 
 def _ln_backward(ctx, grad_out, grad_mag, _gmean, _grstd):
     psi, chi, rot_bias, weight, bias, mean, rstd = ctx.saved_tensors
-    grads = torch.ops.phasor.rot_ln_bwd(grad_out.contiguous(), grad_mag, psi, chi, rot_bias, weight, bias, mean, rstd)
+    grads = torch.ops.phasor.rot_ln_bwd(grad_out, grad_mag, psi, chi, rot_bias, weight, bias, mean, rstd)
     return (*grads, None)
 
 
