@@ -1,0 +1,463 @@
+// CPU kernels of the wave-RNN recurrence, forward and backward (BPTT). Compiled once per
+// instruction set (wave_rnn_cpu_{base,avx2}.cpp define PHASOR_CPU_ISA); wave_rnn_cpu.cpp picks one
+// at run time. Math and layouts: wave_rnn.h.
+//
+// Samples are independent, so threads split the batch (at::parallel_for) and each runs the whole
+// time loop for its samples with the state in small per-thread buffers that stay in L1/L2.
+// The ring rows are kept circularly padded ([c][n + 2p]), so the convolution is, per output row,
+// c * f shifted AXPYs over contiguous memory: `conv_rows` keeps a block of output positions in
+// vector registers (GCC vector extensions, 32 bytes: AVX2 in the avx2 build, two SSE halves in the
+// base one) while it streams over input channels and taps.
+// The backward runs the same convolution with transposed, flipped taps on the padded delta.
+// Weight gradients accumulate as vectors per sample (flushed into double every kFlushSteps steps)
+// and per-sample partials are summed in batch order at the end: results do not depend on the
+// thread count.
+#include "wave_rnn/wave_rnn_cpu_entry.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#ifndef PHASOR_CPU_ISA
+#error "define PHASOR_CPU_ISA (the namespace of this instruction-set variant) before including"
+#endif
+
+// The base build passes 32-byte vectors between inline helpers in two SSE halves; GCC warns that
+// this differs from the AVX calling convention, which no caller outside this file ever sees.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace phasor::wave::PHASOR_CPU_ISA {
+namespace {
+
+constexpr int64_t kFlushSteps = 16;  // float weight-gradient partials are moved to double this often
+
+// 32-byte GCC vector types (an alias template cannot carry the attribute for a dependent type).
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  typedef float type __attribute__((vector_size(32)));
+};
+template <>
+struct VecOf<double> {
+  typedef double type __attribute__((vector_size(32)));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+template <typename T>
+constexpr int64_t kLanes = 32 / sizeof(T);
+
+template <typename T>
+inline Vec<T> loadu(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+inline void storeu(T* p, Vec<T> v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+template <typename T>
+inline Vec<T> splat(T x) {
+  return Vec<T>{} + x;
+}
+template <typename T>
+inline double hsum(Vec<T> v) {
+  double s = 0;
+  for (int64_t l = 0; l < kLanes<T>; ++l) s += v[l];
+  return s;
+}
+
+// out[o, j0 + 0 .. NV*L) = base_bias[o] + base[o, j] + sum_{i, k} w[o, i, k] * in_pad[i, j + k],
+// NV vectors of output positions held in registers.
+template <typename T, int NV>
+inline void conv_block(const T* in_pad, int64_t npad, const T* w_o, int64_t c, int64_t f, T bias_o,
+                       const T* base_o, int64_t j0, T* out_o) {
+  constexpr int64_t L = kLanes<T>;
+  Vec<T> acc[NV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) acc[v] = splat(bias_o) + (base_o ? loadu(base_o + j0 + v * L) : Vec<T>{});
+  for (int64_t i = 0; i < c; ++i) {
+    const T* row = in_pad + i * npad + j0;
+    const T* w = w_o + i * f;
+    for (int64_t k = 0; k < f; ++k) {
+      const Vec<T> wk = splat(w[k]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[v] += wk * loadu(row + k + v * L);
+    }
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) storeu(out_o + j0 + v * L, acc[v]);
+}
+
+// The whole circular convolution of one sample: out [c][n] from in_pad [c][n + 2p].
+template <typename T>
+void conv_rows(const Dims& d, const T* in_pad, const T* w, const T* bias, const T* base, T* out) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t n = d.n, npad = d.npad(), c = d.c, f = d.f;
+  for (int64_t o = 0; o < c; ++o) {
+    const T* w_o = w + o * c * f;
+    const T b = bias ? bias[o] : T(0);
+    const T* base_o = base ? base + o * n : nullptr;
+    T* out_o = out + o * n;
+    int64_t j = 0;
+    for (; j + 4 * L <= n; j += 4 * L) conv_block<T, 4>(in_pad, npad, w_o, c, f, b, base_o, j, out_o);
+    for (; j + L <= n; j += L) conv_block<T, 1>(in_pad, npad, w_o, c, f, b, base_o, j, out_o);
+    for (; j < n; ++j) {  // ring tail shorter than a vector
+      T acc = b + (base_o ? base_o[j] : T(0));
+      for (int64_t i = 0; i < c; ++i)
+        for (int64_t k = 0; k < f; ++k) acc += w_o[i * f + k] * in_pad[i * npad + j + k];
+      out_o[j] = acc;
+    }
+  }
+}
+
+// Circular padding of row r (its n values already at [p, p + n)): position q holds (q - p) mod n.
+template <typename T>
+inline void wrap_row(T* row, int64_t n, int64_t p) {
+  for (int64_t q = 0; q < p; ++q) {
+    row[q] = row[p + (((q - p) % n) + n) % n];
+    row[p + n + q] = row[p + (q % n)];
+  }
+}
+
+template <typename T>
+void load_padded(const Dims& d, const T* src, T* dst_pad) {
+  for (int64_t i = 0; i < d.c; ++i) {
+    std::memcpy(dst_pad + i * d.npad() + d.p, src + i * d.n, d.n * sizeof(T));
+    wrap_row(dst_pad + i * d.npad(), d.n, d.p);
+  }
+}
+
+template <Act A, typename T>
+inline T activate(T a) {
+  if constexpr (A == Act::Relu) return a < T(0) ? T(0) : a;  // NaN propagates, as torch.relu
+  else if constexpr (A == Act::Tanh) return std::tanh(a);
+  else return a;
+}
+
+// act'(a) written in terms of h = act(a), so the backward needs only the stored states.
+template <Act A, typename T>
+inline T activation_grad(T h) {
+  if constexpr (A == Act::Relu) return h > T(0) ? T(1) : T(0);
+  else if constexpr (A == Act::Tanh) return T(1) - h * h;
+  else return T(1);
+}
+
+// Input source of a step: the projected input u_t, or x_t V^T + bV computed on the fly.
+template <typename T>
+struct Input {
+  const T* u = nullptr;   // [T, B, c, n]
+  const T* x = nullptr;   // [T, B, n_inp]
+  const T* Vt = nullptr;  // [n_inp, c*n] (V transposed once, so the projection is a few AXPYs)
+  const T* bV = nullptr;  // [c*n]
+
+  // Pointer to u_t of sample b; the projected case writes it into `buf` [c*n].
+  const T* at(const Dims& d, int64_t t, int64_t b, T* buf) const {
+    if (u) return u + (t * d.B + b) * d.cn();
+    const int64_t cn = d.cn();
+    const T* xt = x + (t * d.B + b) * d.n_inp;
+    std::memcpy(buf, bV, cn * sizeof(T));
+    for (int64_t q = 0; q < d.n_inp; ++q) {
+      const T xq = xt[q];
+      const T* vq = Vt + q * cn;
+#pragma omp simd
+      for (int64_t e = 0; e < cn; ++e) buf[e] += xq * vq[e];
+    }
+    return buf;
+  }
+};
+
+template <typename T, Act A>
+void forward(const Dims& d, const Input<T>& in, const T* W, const T* bias, const T* h0, T* H, T* h_last) {
+  const int64_t cn = d.cn(), cpad = d.c * d.npad();
+  at::parallel_for(0, d.B, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<T> pad(2 * cpad), pre(cn), ubuf(in.u ? 0 : cn);
+    for (int64_t b = lo; b < hi; ++b) {
+      T* cur = pad.data();
+      T* nxt = pad.data() + cpad;
+      load_padded(d, h0 + b * cn, cur);
+      for (int64_t t = 0; t < d.T; ++t) {
+        conv_rows(d, cur, W, bias, in.at(d, t, b, ubuf.data()), pre.data());
+        T* out = H ? H + (t * d.B + b) * cn : (t == d.T - 1 ? h_last + b * cn : nullptr);
+        for (int64_t o = 0; o < d.c; ++o) {
+          T* row = nxt + o * d.npad();
+          const T* a = pre.data() + o * d.n;
+#pragma omp simd
+          for (int64_t j = 0; j < d.n; ++j) row[d.p + j] = activate<A>(a[j]);
+          wrap_row(row, d.n, d.p);
+          if (out) std::memcpy(out + o * d.n, row + d.p, d.n * sizeof(T));
+        }
+        std::swap(cur, nxt);
+      }
+    }
+  });
+}
+
+// Gradient outputs of the backward; the per-sample partials are [B, ...] double.
+template <typename T>
+struct Grads {
+  T* grad_u = nullptr;         // [T, B, c, n] (plain op)
+  T* grad_x = nullptr;         // [T, B, n_inp] (proj op)
+  double* dW = nullptr;        // [B, c, c, f]
+  double* db = nullptr;        // [B, c]
+  double* dVt = nullptr;       // [B, n_inp, c*n] (proj op)
+  double* dbV = nullptr;       // [B, c*n] (proj op)
+  T* grad_h0 = nullptr;        // [B, c, n]
+};
+
+template <typename T, Act A>
+void backward(const Dims& d, const Input<T>& in, const T* gH, const T* H, const T* h0, const T* W,
+              const Grads<T>& g) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t c = d.c, n = d.n, f = d.f, p = d.p, npad = d.npad(), cn = d.cn(), cpad = c * npad;
+  const int64_t nw = c * c * f;
+  // Transposed, flipped taps: dL/dh_{t-1}[i, m] = sum_{o, k} Wt[i, o, k] * delta_pad[o, m + k].
+  std::vector<T> Wt(nw);
+  for (int64_t o = 0; o < c; ++o)
+    for (int64_t i = 0; i < c; ++i)
+      for (int64_t k = 0; k < f; ++k) Wt[(i * c + o) * f + k] = W[(o * c + i) * f + (f - 1 - k)];
+  const int64_t nvec = n / L;  // full vectors per ring row; the tail is summed in scalars
+
+  at::parallel_for(0, d.B, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<T> delta_pad(cpad), hprev_pad(cpad), grec(cn), gnext(cn);
+    std::vector<Vec<T>> dWv(nvec > 0 ? nw : 0);
+    std::vector<T> dW_tail(nw);
+    for (int64_t b = lo; b < hi; ++b) {
+      double* dW = g.dW + b * nw;
+      double* db = g.db + b * c;
+      std::fill(grec.begin(), grec.end(), T(0));
+      std::fill(dWv.begin(), dWv.end(), Vec<T>{});
+      std::fill(dW_tail.begin(), dW_tail.end(), T(0));
+      for (int64_t t = d.T - 1; t >= 0; --t) {
+        const int64_t off = (t * d.B + b) * cn;
+        const T* h = H + off;
+        const T* hprev = t > 0 ? H + off - d.B * cn : h0 + b * cn;
+        // delta_t = (dL/dH[t] + recurrent term) * act'(h_t)
+        for (int64_t o = 0; o < c; ++o) {
+          T* drow = delta_pad.data() + o * npad + p;
+          const T* gh = gH + off + o * n;
+          const T* hr = h + o * n;
+          const T* gr = grec.data() + o * n;
+          double s = 0;
+#pragma omp simd reduction(+ : s)
+          for (int64_t j = 0; j < n; ++j) {
+            drow[j] = (gh[j] + gr[j]) * activation_grad<A>(hr[j]);
+            s += drow[j];
+          }
+          db[o] += s;
+          if (g.grad_u) std::memcpy(g.grad_u + off + o * n, drow, n * sizeof(T));
+          wrap_row(drow - p, n, p);
+        }
+        if (g.grad_x) {  // input side of the fused projection
+          const T* xt = in.x + (t * d.B + b) * d.n_inp;
+          double* dbV = g.dbV + b * cn;
+          for (int64_t o = 0; o < c; ++o) {
+            const T* drow = delta_pad.data() + o * npad + p;
+#pragma omp simd
+            for (int64_t j = 0; j < n; ++j) dbV[o * n + j] += drow[j];
+          }
+          for (int64_t q = 0; q < d.n_inp; ++q) {
+            const T* vq = in.Vt + q * cn;
+            double* dvq = g.dVt + (b * d.n_inp + q) * cn;
+            const double xq = xt[q];
+            double s = 0;
+            for (int64_t o = 0; o < c; ++o) {
+              const T* drow = delta_pad.data() + o * npad + p;
+#pragma omp simd reduction(+ : s)
+              for (int64_t j = 0; j < n; ++j) {
+                s += drow[j] * vq[o * n + j];
+                dvq[o * n + j] += xq * drow[j];
+              }
+            }
+            g.grad_x[(t * d.B + b) * d.n_inp + q] = static_cast<T>(s);
+          }
+        }
+        // dW[o, i, k] += sum_j delta[o, j] * hprev_pad[i, j + k]: vector partials per weight
+        load_padded(d, hprev, hprev_pad.data());
+        for (int64_t o = 0; o < c; ++o) {
+          const T* drow = delta_pad.data() + o * npad + p;
+          for (int64_t i = 0; i < c; ++i) {
+            const T* hrow = hprev_pad.data() + i * npad;
+            for (int64_t k = 0; k < f; ++k) {
+              const int64_t w = (o * c + i) * f + k;
+              if (nvec > 0) {
+                Vec<T> acc = dWv[w];
+                for (int64_t v = 0; v < nvec; ++v) acc += loadu(drow + v * L) * loadu(hrow + k + v * L);
+                dWv[w] = acc;
+              }
+              T tail = 0;
+              for (int64_t j = nvec * L; j < n; ++j) tail += drow[j] * hrow[j + k];
+              dW_tail[w] += tail;
+            }
+          }
+        }
+        if (t % kFlushSteps == 0) {  // move the float partials into the double accumulator
+          for (int64_t w = 0; w < nw; ++w) {
+            dW[w] += (nvec > 0 ? hsum<T>(dWv[w]) : 0.0) + dW_tail[w];
+            if (nvec > 0) dWv[w] = Vec<T>{};
+            dW_tail[w] = 0;
+          }
+        }
+        // recurrent term for step t - 1 (at t = 0 it is dL/dh0)
+        conv_rows(d, delta_pad.data(), Wt.data(), static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
+                  t > 0 ? grec.data() : g.grad_h0 + b * cn);
+      }
+    }
+  });
+}
+
+template <typename Fn>
+void dispatch_activation(Act a, Fn&& fn) {
+  switch (a) {
+    case Act::Relu: fn(std::integral_constant<Act, Act::Relu>{}); break;
+    case Act::Tanh: fn(std::integral_constant<Act, Act::Tanh>{}); break;
+    case Act::Identity: fn(std::integral_constant<Act, Act::Identity>{}); break;
+  }
+}
+
+void check_cpu_dtype(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", name,
+                   " must be float32 or float64 on CPU, got ", t.scalar_type());
+}
+
+// Sum of per-sample partials [B, m] (double) in batch order, as a [m] tensor of `dtype`.
+at::Tensor reduce_batch(const at::Tensor& partial, at::ScalarType dtype) {
+  return partial.sum(0).to(dtype);
+}
+
+// [B, n_inp, cn] partials -> grad_V [cn, n_inp]
+at::Tensor reduce_dV(const at::Tensor& partial, at::ScalarType dtype) {
+  return partial.sum(0).t().contiguous().to(dtype);
+}
+
+template <typename T>
+Input<T> projected_input(const at::Tensor& x, const at::Tensor& Vt, const at::Tensor& bV) {
+  Input<T> in;
+  in.x = x.const_data_ptr<T>();
+  in.Vt = Vt.const_data_ptr<T>();
+  in.bV = bV.const_data_ptr<T>();
+  return in;
+}
+
+at::Tensor run_forward(const char* op, const Dims& d, const at::Tensor& u, const at::Tensor& x, const at::Tensor& V,
+                       const at::Tensor& bV, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& h0,
+                       Act act, bool return_all) {
+  const at::Tensor& ref = u.defined() ? u : x;
+  const auto opts = ref.options();
+  if (d.T == 0) return return_all ? at::empty({0, d.B, d.c, d.n}, opts) : h0.clone();
+  at::Tensor out = return_all ? at::empty({d.T, d.B, d.c, d.n}, opts) : at::empty({d.B, d.c, d.n}, opts);
+  at::Tensor Vt = V.defined() ? V.t().contiguous() : V;
+  auto W = weight.contiguous(), bi = bias.contiguous(), hh = h0.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(ref.scalar_type(), "wave_rnn_fwd_cpu", [&] {
+    Input<scalar_t> in = u.defined() ? Input<scalar_t>{u.const_data_ptr<scalar_t>()}
+                                     : projected_input<scalar_t>(x, Vt, bV);
+    dispatch_activation(act, [&](auto a) {
+      forward<scalar_t, decltype(a)::value>(d, in, W.const_data_ptr<scalar_t>(), bi.const_data_ptr<scalar_t>(),
+                                            hh.const_data_ptr<scalar_t>(),
+                                            return_all ? out.mutable_data_ptr<scalar_t>() : nullptr,
+                                            return_all ? nullptr : out.mutable_data_ptr<scalar_t>());
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+at::Tensor wave_rnn_fwd_cpu(const at::Tensor& u_in, const at::Tensor& weight, const at::Tensor& bias,
+                            const at::Tensor& h0, c10::string_view activation, bool return_all) {
+  constexpr const char* op = "phasor::wave_rnn_fwd";
+  const Dims d = check_fwd(op, u_in, weight, bias, h0);
+  check_cpu_dtype(op, "u", u_in);
+  const Act act = parse_activation(op, activation);
+  return run_forward(op, d, u_in.contiguous(), {}, {}, {}, weight, bias, h0, act, return_all);
+}
+
+at::Tensor wave_rnn_proj_fwd_cpu(const at::Tensor& x_in, const at::Tensor& V, const at::Tensor& bV,
+                                 const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& h0,
+                                 c10::string_view activation, bool return_all) {
+  constexpr const char* op = "phasor::wave_rnn_proj_fwd";
+  const Dims d = check_proj_fwd(op, x_in, V, bV, weight, bias, h0);
+  check_cpu_dtype(op, "x", x_in);
+  const Act act = parse_activation(op, activation);
+  return run_forward(op, d, {}, x_in.contiguous(), V, bV.contiguous(), weight, bias, h0, act, return_all);
+}
+
+namespace {
+
+// Shared body of both backward ops (x undefined: the plain op).
+std::vector<at::Tensor> run_backward(const char* op, const Dims& d, const at::Tensor& gH_in, const at::Tensor& H_in,
+                                     const at::Tensor& x_in, const at::Tensor& V, const at::Tensor& h0_in,
+                                     const at::Tensor& weight, Act act) {
+  const auto dtype = H_in.scalar_type();
+  const bool proj = x_in.defined();
+  const int64_t nw = d.c * d.c * d.f;
+  auto gH = gH_in.contiguous(), H = H_in.contiguous(), h0 = h0_in.contiguous(), W = weight.contiguous();
+  auto x = proj ? x_in.contiguous() : x_in;
+  auto Vt = proj ? V.t().contiguous() : V;
+  auto dopts = H.options().dtype(at::kDouble);
+  at::Tensor grad_u = proj ? at::Tensor() : at::empty({d.T, d.B, d.c, d.n}, H.options());
+  at::Tensor grad_x = proj ? at::empty({d.T, d.B, d.n_inp}, H.options()) : at::Tensor();
+  at::Tensor grad_h0 = at::zeros({d.B, d.c, d.n}, H.options());
+  at::Tensor dW = at::zeros({d.B, nw}, dopts), db = at::zeros({d.B, d.c}, dopts);
+  at::Tensor dVt = proj ? at::zeros({d.B, d.n_inp, d.cn()}, dopts) : at::Tensor();
+  at::Tensor dbV = proj ? at::zeros({d.B, d.cn()}, dopts) : at::Tensor();
+  if (d.T > 0 && d.B > 0) {
+    AT_DISPATCH_FLOATING_TYPES(dtype, "wave_rnn_bwd_cpu", [&] {
+      Input<scalar_t> in;
+      if (proj) in = projected_input<scalar_t>(x, Vt, Vt /* bV is not read by the backward */);
+      Grads<scalar_t> g;
+      g.grad_u = proj ? nullptr : grad_u.mutable_data_ptr<scalar_t>();
+      g.grad_x = proj ? grad_x.mutable_data_ptr<scalar_t>() : nullptr;
+      g.dW = dW.mutable_data_ptr<double>();
+      g.db = db.mutable_data_ptr<double>();
+      g.dVt = proj ? dVt.mutable_data_ptr<double>() : nullptr;
+      g.dbV = proj ? dbV.mutable_data_ptr<double>() : nullptr;
+      g.grad_h0 = grad_h0.mutable_data_ptr<scalar_t>();
+      dispatch_activation(act, [&](auto a) {
+        backward<scalar_t, decltype(a)::value>(d, in, gH.const_data_ptr<scalar_t>(), H.const_data_ptr<scalar_t>(),
+                                               h0.const_data_ptr<scalar_t>(), W.const_data_ptr<scalar_t>(), g);
+      });
+    });
+  }
+  const auto pdt = weight.scalar_type();
+  std::vector<at::Tensor> out;
+  out.push_back(proj ? grad_x : grad_u);
+  if (proj) {
+    out.push_back(reduce_dV(dVt, V.scalar_type()));
+    out.push_back(reduce_batch(dbV, V.scalar_type()));
+  }
+  out.push_back(reduce_batch(dW, pdt).view({d.c, d.c, d.f}));
+  out.push_back(reduce_batch(db, pdt));
+  out.push_back(grad_h0);
+  return out;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> wave_rnn_bwd_cpu(
+    const at::Tensor& grad_H, const at::Tensor& H, const at::Tensor& h0, const at::Tensor& weight,
+    c10::string_view activation) {
+  constexpr const char* op = "phasor::wave_rnn_bwd";
+  const Dims d = check_bwd(op, grad_H, H, h0, weight);
+  check_cpu_dtype(op, "H", H);
+  auto r = run_backward(op, d, grad_H, H, {}, {}, h0, weight, parse_activation(op, activation));
+  return {r[0], r[1], r[2], r[3]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> wave_rnn_proj_bwd_cpu(
+    const at::Tensor& grad_H, const at::Tensor& H, const at::Tensor& x, const at::Tensor& V,
+    const at::Tensor& h0, const at::Tensor& weight, c10::string_view activation) {
+  constexpr const char* op = "phasor::wave_rnn_proj_bwd";
+  const Dims d = check_proj_bwd(op, grad_H, H, x, V, h0, weight);
+  check_cpu_dtype(op, "x", x);
+  auto r = run_backward(op, d, grad_H, H, x, V, h0, weight, parse_activation(op, activation));
+  return {r[0], r[1], r[2], r[3], r[4], r[5]};
+}
+
+}  // namespace phasor::wave::PHASOR_CPU_ISA
