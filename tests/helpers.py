@@ -25,6 +25,14 @@ TOLERANCES = {
     torch.bfloat16: (2e-2, 5e-2),
 }
 
+# (rtol, atol) for outputs that sum 1e3-1e4 terms (recurrences: time x batch x ring), against a
+# float64 truth: a few eps * sqrt(terms), the error a same-precision PyTorch run also makes.
+LONG_REDUCTION_TOLERANCES = {
+    torch.float32: (1e-4, 1e-4),
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (5e-2, 5e-2),
+}
+
 
 def cpu_isa_params():
     """The CPU kernel builds this machine can run ('base' always, 'avx2' where supported)."""
@@ -121,16 +129,28 @@ def _outputs_and_grads(fn, args, cotangents_seed, frozen, grad):
 
 
 def compare_with_reference(fused: Callable, reference: Callable, args: Sequence, dtype=None,
-                           grad: bool = True, seed: int = 0, frozen: Sequence[int] = ()):
+                           grad: bool = True, seed: int = 0, frozen: Sequence[int] = (), rule: str = "flash"):
     """Run fused and reference on cloned inputs; compare outputs and, with grad, the gradients of
     every floating tensor input (but those in `frozen`) under the same random output cotangents.
 
-    float64: assert_close at 1e-10. Lower precisions: `assert_error_within` against the reference
-    evaluated in float64 on the same (upcast) inputs."""
+    float64: assert_close at 1e-10. Lower precisions, against the reference evaluated in float64 on
+    the same (upcast) inputs: rule "flash" applies `assert_error_within`; rule "truth" applies
+    LONG_REDUCTION_TOLERANCES against that truth, for ops whose outputs are reductions over
+    thousands of terms (a recurrence's weight gradient sums over time, batch and ring), where the
+    same-precision reference's own error varies tenfold from seed to seed and the 2x rule would
+    compare against a lottery."""
     fa, ra = clone_inputs(args, grad, frozen), clone_inputs(args, grad, frozen)
     out_f, g_f = _outputs_and_grads(fused, fa, seed, frozen, grad)
-    out_r, g_r = _outputs_and_grads(reference, ra, seed, frozen, grad)
     dtype = dtype or next(a.dtype for a in args if isinstance(a, torch.Tensor))
+    if rule == "truth" and dtype != torch.float64:
+        out_t, g_t = _outputs_and_grads(reference, clone_inputs(_upcast(args), grad, frozen), seed, frozen, grad)
+        for name, got, want in (("forward", out_f, out_t), ("gradient", g_f, g_t)):
+            for i, (a, t) in enumerate(zip(got, want)):
+                rtol, atol = LONG_REDUCTION_TOLERANCES[dtype]
+                torch.testing.assert_close(a.double(), t, rtol=rtol, atol=atol,
+                                           msg=lambda m, i=i, name=name: f"{name} [{i}]\n{m}")
+        return out_f
+    out_r, g_r = _outputs_and_grads(reference, ra, seed, frozen, grad)
     if dtype == torch.float64:
         assert_close(out_f, out_r, dtype, "forward mismatch")
         assert_close(g_f, g_r, dtype, "gradient mismatch")

@@ -64,7 +64,9 @@ inline void storeu(T* p, Vec<T> v) {
 }
 template <typename T>
 inline Vec<T> splat(T x) {
-  return Vec<T>{} + x;
+  Vec<T> v;  // lane by lane (GCC emits one broadcast); `Vec<T>{} + x` would keep a real add of +0
+  for (int64_t l = 0; l < kLanes<T>; ++l) v[l] = x;
+  return v;
 }
 template <typename T>
 inline double hsum(Vec<T> v) {
@@ -73,48 +75,89 @@ inline double hsum(Vec<T> v) {
   return s;
 }
 
-// out[o, j0 + 0 .. NV*L) = base_bias[o] + base[o, j] + sum_{i, k} w[o, i, k] * in_pad[i, j + k],
-// NV vectors of output positions held in registers.
-template <typename T, int NV>
-inline void conv_block(const T* in_pad, int64_t npad, const T* w_o, int64_t c, int64_t f, T bias_o,
-                       const T* base_o, int64_t j0, T* out_o) {
+// out[o0 + r, j0 .. j0 + NV*L) = bias[o] + base[o, j] + sum_{i, k} w[o, i, k] * in_pad[i, j + k] for
+// NO output rows at once: NO * NV independent accumulator chains stay in vector registers (enough
+// to cover the FMA latency), and each input vector loaded feeds NO rows.
+template <typename T, int NO, int NV>
+inline void conv_block(const Dims& d, const T* in_pad, const T* w, const T* bias, const T* base, int64_t o0,
+                       int64_t j0, T* out) {
   constexpr int64_t L = kLanes<T>;
-  Vec<T> acc[NV];
+  const int64_t c = d.c, f = d.f, n = d.n, npad = d.npad();
+  Vec<T> acc[NO][NV];
+#pragma GCC unroll 4
+  for (int r = 0; r < NO; ++r) {
+    const Vec<T> b = splat(bias ? bias[o0 + r] : T(0));
 #pragma GCC unroll 8
-  for (int v = 0; v < NV; ++v) acc[v] = splat(bias_o) + (base_o ? loadu(base_o + j0 + v * L) : Vec<T>{});
+    for (int v = 0; v < NV; ++v) acc[r][v] = b + (base ? loadu(base + (o0 + r) * n + j0 + v * L) : Vec<T>{});
+  }
   for (int64_t i = 0; i < c; ++i) {
     const T* row = in_pad + i * npad + j0;
-    const T* w = w_o + i * f;
     for (int64_t k = 0; k < f; ++k) {
-      const Vec<T> wk = splat(w[k]);
+      Vec<T> x[NV];
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[v] += wk * loadu(row + k + v * L);
+      for (int v = 0; v < NV; ++v) x[v] = loadu(row + k + v * L);
+#pragma GCC unroll 4
+      for (int r = 0; r < NO; ++r) {
+        const Vec<T> wk = splat(w[((o0 + r) * c + i) * f + k]);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[r][v] += wk * x[v];
+      }
     }
   }
+#pragma GCC unroll 4
+  for (int r = 0; r < NO; ++r)
 #pragma GCC unroll 8
-  for (int v = 0; v < NV; ++v) storeu(out_o + j0 + v * L, acc[v]);
+    for (int v = 0; v < NV; ++v) storeu(out + (o0 + r) * n + j0 + v * L, acc[r][v]);
+}
+
+// All ring positions of NO output rows starting at o0: register blocks, then a scalar tail.
+template <typename T, int NO>
+inline void conv_row_group(const Dims& d, const T* in_pad, const T* w, const T* bias, const T* base, int64_t o0,
+                           T* out) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t c = d.c, f = d.f, n = d.n, npad = d.npad();
+  int64_t j = 0;
+  for (; j + 4 * L <= n; j += 4 * L) conv_block<T, NO, 4>(d, in_pad, w, bias, base, o0, j, out);
+  for (; j + L <= n; j += L) conv_block<T, NO, 1>(d, in_pad, w, bias, base, o0, j, out);
+  for (; j < n; ++j) {  // ring tail shorter than a vector
+    for (int64_t o = o0; o < o0 + NO; ++o) {
+      T acc = (bias ? bias[o] : T(0)) + (base ? base[o * n + j] : T(0));
+      for (int64_t i = 0; i < c; ++i)
+        for (int64_t k = 0; k < f; ++k) acc += w[(o * c + i) * f + k] * in_pad[i * npad + j + k];
+      out[o * n + j] = acc;
+    }
+  }
 }
 
 // The whole circular convolution of one sample: out [c][n] from in_pad [c][n + 2p].
 template <typename T>
 void conv_rows(const Dims& d, const T* in_pad, const T* w, const T* bias, const T* base, T* out) {
+  int64_t o = 0;
+  for (; o + 2 <= d.c; o += 2) conv_row_group<T, 2>(d, in_pad, w, bias, base, o, out);
+  for (; o < d.c; ++o) conv_row_group<T, 1>(d, in_pad, w, bias, base, o, out);
+}
+
+// dW[o, m] += sum_j delta[o, j] * hprev_pad[i, j + k] over full vectors, m = i * f + k, for MB
+// weights at once (MB independent chains sharing each delta load), kept as per-lane vector sums.
+template <typename T, int MB>
+inline void weight_grad_block(const Dims& d, const T* drow, const T* hprev_pad, int64_t m0, int64_t nvec,
+                              Vec<T>* dWv_o) {
   constexpr int64_t L = kLanes<T>;
-  const int64_t n = d.n, npad = d.npad(), c = d.c, f = d.f;
-  for (int64_t o = 0; o < c; ++o) {
-    const T* w_o = w + o * c * f;
-    const T b = bias ? bias[o] : T(0);
-    const T* base_o = base ? base + o * n : nullptr;
-    T* out_o = out + o * n;
-    int64_t j = 0;
-    for (; j + 4 * L <= n; j += 4 * L) conv_block<T, 4>(in_pad, npad, w_o, c, f, b, base_o, j, out_o);
-    for (; j + L <= n; j += L) conv_block<T, 1>(in_pad, npad, w_o, c, f, b, base_o, j, out_o);
-    for (; j < n; ++j) {  // ring tail shorter than a vector
-      T acc = b + (base_o ? base_o[j] : T(0));
-      for (int64_t i = 0; i < c; ++i)
-        for (int64_t k = 0; k < f; ++k) acc += w_o[i * f + k] * in_pad[i * npad + j + k];
-      out_o[j] = acc;
-    }
+  const T* hp[MB];
+  Vec<T> acc[MB];
+#pragma GCC unroll 8
+  for (int q = 0; q < MB; ++q) {
+    const int64_t m = m0 + q;
+    hp[q] = hprev_pad + (m / d.f) * d.npad() + (m % d.f);
+    acc[q] = dWv_o[m];
   }
+  for (int64_t v = 0; v < nvec; ++v) {
+    const Vec<T> dv = loadu(drow + v * L);
+#pragma GCC unroll 8
+    for (int q = 0; q < MB; ++q) acc[q] += dv * loadu(hp[q] + v * L);
+  }
+#pragma GCC unroll 8
+  for (int q = 0; q < MB; ++q) dWv_o[m0 + q] = acc[q];
 }
 
 // Circular padding of row r (its n values already at [p, p + n)): position q holds (q - p) mod n.
@@ -280,21 +323,19 @@ void backward(const Dims& d, const Input<T>& in, const T* gH, const T* H, const 
         }
         // dW[o, i, k] += sum_j delta[o, j] * hprev_pad[i, j + k]: vector partials per weight
         load_padded(d, hprev, hprev_pad.data());
+        const int64_t cf = c * f;
         for (int64_t o = 0; o < c; ++o) {
           const T* drow = delta_pad.data() + o * npad + p;
-          for (int64_t i = 0; i < c; ++i) {
-            const T* hrow = hprev_pad.data() + i * npad;
-            for (int64_t k = 0; k < f; ++k) {
-              const int64_t w = (o * c + i) * f + k;
-              if (nvec > 0) {
-                Vec<T> acc = dWv[w];
-                for (int64_t v = 0; v < nvec; ++v) acc += loadu(drow + v * L) * loadu(hrow + k + v * L);
-                dWv[w] = acc;
-              }
-              T tail = 0;
-              for (int64_t j = nvec * L; j < n; ++j) tail += drow[j] * hrow[j + k];
-              dW_tail[w] += tail;
-            }
+          if (nvec > 0) {
+            int64_t m = 0;
+            for (; m + 8 <= cf; m += 8) weight_grad_block<T, 8>(d, drow, hprev_pad.data(), m, nvec, dWv.data() + o * cf);
+            for (; m < cf; ++m) weight_grad_block<T, 1>(d, drow, hprev_pad.data(), m, nvec, dWv.data() + o * cf);
+          }
+          for (int64_t m = 0; m < cf; ++m) {  // ring tail shorter than a vector
+            const T* hrow = hprev_pad.data() + (m / f) * npad + (m % f);
+            T tail = 0;
+            for (int64_t j = nvec * L; j < n; ++j) tail += drow[j] * hrow[j];
+            dW_tail[o * cf + m] += tail;
           }
         }
         if (t % kFlushSteps == 0) {  // move the float partials into the double accumulator

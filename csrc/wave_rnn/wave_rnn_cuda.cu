@@ -48,12 +48,11 @@ namespace {
 using phasor::cuda::Array;
 using phasor::cuda::ceil_div;
 using phasor::cuda::kWarpSize;
-using phasor::cuda::Sum;
-using phasor::cuda::warp_reduce;
 
 constexpr int kThreads = 256;  // every kernel below; a multiple of 32 (warp reductions)
 constexpr int kWarps = kThreads / kWarpSize;
 constexpr int kMaxInp = static_cast<int>(kMaxProjInputs);  // register arrays over n_inp
+static_assert(kMaxInp == 16, "warp_sum16 reduces exactly 16 values per lane");
 constexpr int64_t kDefaultSmem = 48 * 1024;                // above this a kernel must opt in
 
 // Arithmetic / parameter type for a storage type.
@@ -128,6 +127,30 @@ __device__ __forceinline__ A ring_conv(const A* w, const A* h, int c, int f, int
   return ring_dot<0>(w, h, c, f, ld);
 }
 
+// Sums each of 16 per-lane values over the warp: a butterfly reduce-scatter (each round halves the
+// values a lane keeps and adds its partner's other half) takes 8 + 4 + 2 + 1 + 1 = 16 shuffles
+// instead of 16 separate 5-shuffle reductions. Afterwards lanes 2q and 2q + 1 hold the sum of
+// value q. Branch-free with compile-time indices only: a reduction per value under `q < n_inp`
+// put 16 warp-synchronous regions in branches, which made ptxas spill. Fixed order: deterministic.
+template <typename A>
+__device__ __forceinline__ A warp_sum16(Array<A, 16> v, int lane) {
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int half = 8 >> r;  // values kept after this round
+    const int off = 16 >> r;  // partner lane distance; lanes with this bit set keep the upper half
+    const bool upper = (lane & off) != 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      if (i < half) {
+        const A send = upper ? v[i] : v[i + half];
+        const A keep = upper ? v[i + half] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, off);
+      }
+    }
+  }
+  return v[0] + __shfl_xor_sync(0xffffffffu, v[0], 1);
+}
+
 // ------------------------------------------------------------------ forward
 
 template <typename T>
@@ -140,7 +163,7 @@ struct FwdParams {
   const acc_t<T>* bias;   // [c]
   const T* h0;            // [B, c, n]
   T* out;                 // H [T, B, c, n] (return_all) or h_T [B, c, n]
-  int64_t T, B;
+  int64_t steps, B;  // T (time steps), B (samples)
   int c, n, f, p, ld, n_inp;
   Act act;
   bool return_all;
@@ -185,7 +208,7 @@ __global__ void __launch_bounds__(kThreads) wave_fwd_kernel(const FwdParams<T> P
   __syncthreads();
 
   const int64_t tstride = P.B * cn;
-  for (int64_t t = 0; t < P.T; ++t) {
+  for (int64_t t = 0; t < P.steps; ++t) {
     const A* const cur = sm + (t & 1) * rows;  // h_{t-1}
     A* const nxt = sm + ((t + 1) & 1) * rows;  // h_t
     const int64_t base = t * tstride + b * cn;
@@ -211,7 +234,7 @@ __global__ void __launch_bounds__(kThreads) wave_fwd_kernel(const FwdParams<T> P
       ring_store(nxt + o * ld, j, n, p, h);
       if (P.return_all) {
         P.out[base + e] = static_cast<T>(h);
-      } else if (t == P.T - 1) {
+      } else if (t == P.steps - 1) {
         P.out[b * cn + e] = static_cast<T>(h);
       }
     }
@@ -234,7 +257,7 @@ struct BwdParams {
   T* grad_h0;           // [B, c, n]
   acc_t<T>* part_w;     // [B, c*c*f + c]: per-sample grad_weight | grad_bias
   acc_t<T>* part_v;     // proj: [B, (n_inp + 1) * c*n]: per-sample grad_V^T [n_inp][cn] | grad_bV
-  int64_t T, B;
+  int64_t steps, B;  // T (time steps), B (samples)
   int c, n, f, p, ld, n_inp;
   int js;               // j-slices per weight-gradient sum (see below)
   Act act;
@@ -281,6 +304,17 @@ __global__ void __launch_bounds__(kThreads) wave_bwd_kernel(const BwdParams<T> P
   const int ntask = (nw + c) * js;
   const int64_t b = blockIdx.x;
   const int64_t tstride = P.B * cn;
+  // Locals for what the phase lambdas read: a reference capture of the kernel parameter itself
+  // would take its address.
+  const T* const gH = P.gH;
+  const T* const H = P.H;
+  const T* const h0 = P.h0;
+  const T* const x = P.x;
+  T* const grad_u = P.grad_u;
+  T* const grad_x = P.grad_x;
+  T* const grad_h0 = P.grad_h0;
+  const int64_t nB = P.B;
+  const Act act = P.act;
 
   A* const Dbuf = sm;
   A* const Hbuf = Dbuf + 2 * rows;
@@ -330,7 +364,7 @@ __global__ void __launch_bounds__(kThreads) wave_bwd_kernel(const BwdParams<T> P
     const int64_t base = t * tstride + b * cn;
     Array<A, kMaxInp> xv, px;  // proj: x_t, and this thread's part of grad_x[t]
     if constexpr (PROJ) {
-      const T* xt = P.x + (t * P.B + b) * n_inp;
+      const T* xt = x + (t * nB + b) * n_inp;
 #pragma unroll
       for (int q = 0; q < kMaxInp; ++q) {
         xv[q] = q < n_inp ? static_cast<A>(xt[q]) : A(0);
@@ -339,13 +373,13 @@ __global__ void __launch_bounds__(kThreads) wave_bwd_kernel(const BwdParams<T> P
     }
     for (int e = tid; e < cn; e += kThreads) {
       const int o = e / n, j = e - o * n;
-      const A h = last ? static_cast<A>(P.H[base + e]) : Hnext[o * ld + p + j];
-      A g = static_cast<A>(P.gH[base + e]);
+      const A h = last ? static_cast<A>(H[base + e]) : Hnext[o * ld + p + j];
+      A g = static_cast<A>(gH[base + e]);
       if (!last) g += rg[e];
-      const A d = g * activation_grad(P.act, h);
-      if constexpr (!PROJ) P.grad_u[base + e] = static_cast<T>(d);
+      const A d = g * activation_grad(act, h);
+      if constexpr (!PROJ) grad_u[base + e] = static_cast<T>(d);
       ring_store(D + o * ld, j, n, p, d);
-      const A hp = t > 0 ? static_cast<A>(P.H[base - tstride + e]) : static_cast<A>(P.h0[b * cn + e]);
+      const A hp = t > 0 ? static_cast<A>(H[base - tstride + e]) : static_cast<A>(h0[b * cn + e]);
       ring_store(Hp + o * ld, j, n, p, hp);
       if constexpr (PROJ) {
 #pragma unroll
@@ -359,15 +393,10 @@ __global__ void __launch_bounds__(kThreads) wave_bwd_kernel(const BwdParams<T> P
       }
     }
     if constexpr (PROJ) {
-      // Fixed-order reduction (shuffle tree, then warps in index order in grads(t)).
-      A* const wp = wpart + (t & 1) * kWarps * n_inp + warp * n_inp;
-#pragma unroll
-      for (int q = 0; q < kMaxInp; ++q) {
-        if (q < n_inp) {
-          const A s = warp_reduce(px[q], Sum{});
-          if (lane == 0) wp[q] = s;
-        }
-      }
+      // Warp sums in a fixed order (then warps in index order in grads(t)).
+      const A s = warp_sum16(px, lane);
+      const int q = lane >> 1;
+      if ((lane & 1) == 0 && q < n_inp) wpart[(t & 1) * kWarps * n_inp + warp * n_inp + q] = s;
     }
   };
 
@@ -380,7 +409,7 @@ __global__ void __launch_bounds__(kThreads) wave_bwd_kernel(const BwdParams<T> P
       if (t > 0) {
         rg[e] = r;
       } else {
-        P.grad_h0[b * cn + e] = static_cast<T>(r);
+        grad_h0[b * cn + e] = static_cast<T>(r);
       }
     }
     for (int task = tid; task < ntask; task += kThreads) {
@@ -403,16 +432,20 @@ __global__ void __launch_bounds__(kThreads) wave_bwd_kernel(const BwdParams<T> P
         const A* const wp = wpart + (t & 1) * kWarps * n_inp + tid;
         A s = A(0);
         for (int w = 0; w < kWarps; ++w) s += wp[w * n_inp];
-        P.grad_x[(t * P.B + b) * n_inp + tid] = static_cast<T>(s);
+        grad_x[(t * nB + b) * n_inp + tid] = static_cast<T>(s);
       }
     }
   };
 
-  delta_phase(P.T - 1, true);
-  for (int64_t t = P.T - 1; t >= 0; --t) {
-    __syncthreads();  // delta(t) complete (and, by parity, grads(t + 1) done with the other buffers)
-    grads_phase(t);
-    if (t > 0) delta_phase(t - 1, false);
+  // delta(T - 1); then per step: barrier, grads(t), delta(t - 1). Written as one loop so that each
+  // phase has a single call site and is inlined (a second call site made nvcc emit a real call,
+  // with caller-saved registers spilled around it).
+  for (int64_t t = P.steps; t >= 0; --t) {
+    if (t < P.steps) {
+      __syncthreads();  // delta(t) complete (and, by parity, grads(t + 1) done with the other buffers)
+      grads_phase(t);
+    }
+    if (t > 0) delta_phase(t - 1, t == P.steps);
   }
   __syncthreads();  // every accumulator final
 
@@ -551,7 +584,7 @@ at::Tensor run_forward(const char* op, const Dims& d, const at::Tensor& u, const
     P.bias = bias.const_data_ptr<A>();
     P.h0 = h0.const_data_ptr<T>();
     P.out = out.mutable_data_ptr<T>();
-    P.T = d.T;
+    P.steps = d.T;
     P.B = d.B;
     P.c = static_cast<int>(d.c);
     P.n = static_cast<int>(d.n);
@@ -628,7 +661,7 @@ std::vector<at::Tensor> run_backward(const char* op, const Dims& d, const at::Te
       P.grad_h0 = grad_h0.mutable_data_ptr<T>();
       P.part_w = part_w.mutable_data_ptr<A>();
       P.part_v = proj ? part_v.mutable_data_ptr<A>() : nullptr;
-      P.T = d.T;
+      P.steps = d.T;
       P.B = d.B;
       P.c = static_cast<int>(d.c);
       P.n = static_cast<int>(d.n);

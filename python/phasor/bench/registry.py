@@ -42,6 +42,7 @@ def register(op: str, name: str, devices=("cpu", "cuda")):
 def all_cases() -> List[CaseSpec]:
     from .. import rotating_features  # noqa: F401  (imports register their cases)
     from ..rotating_features import bench_cases  # noqa: F401
+    from ..wave_rnn import bench_cases as _wave  # noqa: F401
     return list(_CASES)
 
 

@@ -1,0 +1,79 @@
+"""Benchmark cases of the wave-RNN recurrence (registered with phasor.bench).
+
+Each case runs a whole sequence, forward or forward + backward (BPTT), with the issue's sizes:
+the fused op against the official per-step loop (Conv1d with circular padding, eager), the same
+loop with its step compiled by torch.compile, and torch.nn.RNN(relu) with as many hidden units
+(c * n), the library RNN the paper's iRNN baseline runs on (cuDNN on a GPU).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..bench.registry import Case, compiled, outputs_close, register
+from . import ops, reference
+
+
+def _step(h, u_t, weight, bias):
+    return torch.relu(reference.circular_conv1d(h, weight, bias) + u_t)
+
+
+def _loop(step):
+    def run(u, weight, bias, h0):
+        h, states = h0, []
+        for t in range(u.shape[0]):
+            h = step(h, u[t], weight, bias)
+            states.append(h)
+        return torch.stack(states)
+    return run
+
+
+def _recurrence_case(device, T, B, c, n, backward):
+    torch.manual_seed(0)
+    kw = dict(device=device, dtype=torch.float32)
+    u = torch.randn(T, B, c, n, **kw) * 0.5
+    # near the paper's shift init, scaled so the states stay bounded over long sequences
+    weight = torch.randn(c, c, 3, **kw) * (0.1 / (3 * c) ** 0.5)
+    weight[torch.arange(c), torch.arange(c), 2] += 0.8
+    bias = torch.randn(c, **kw) * 0.1
+    h0 = torch.zeros(B, c, n, **kw)
+    leaves = [u, weight, bias]
+    rnn = torch.nn.RNN(n, c * n, nonlinearity="relu").to(device)  # input size n: same x-side cost order
+    x_rnn = torch.randn(T, B, n, **kw)
+
+    fused = lambda u, w, b, h: ops.wave_rnn(u, w, b, h, "relu")  # noqa: E731
+    eager = _loop(_step)
+    comp = _loop(compiled(_step))
+    impls = {"fused": fused, "eager": eager, "compile": comp}
+    if backward:
+        for t in leaves:
+            t.requires_grad_()
+        cot = torch.randn(T, B, c, n, **kw)
+        runners = {k: (lambda f=f: torch.autograd.grad(f(u, weight, bias, h0), leaves, cot)) for k, f in impls.items()}
+        rnn_params = list(rnn.parameters())
+        rnn_cot = torch.randn(T, B, c * n, **kw)
+        runners["torch.nn.RNN"] = lambda: torch.autograd.grad(rnn(x_rnn)[0], rnn_params, rnn_cot)
+    else:
+        def no_grad(f):
+            def run():
+                with torch.no_grad():
+                    f()
+            return run
+        runners = {k: no_grad(lambda f=f: f(u, weight, bias, h0)) for k, f in impls.items()}
+        runners["torch.nn.RNN"] = no_grad(lambda: rnn(x_rnn))
+
+    def check():
+        with torch.no_grad():
+            ok = outputs_close(fused(u, weight, bias, h0), eager(u, weight, bias, h0))
+        if not backward:
+            return ok
+        g1 = torch.autograd.grad(fused(u, weight, bias, h0), leaves, cot)
+        g2 = torch.autograd.grad(eager(u, weight, bias, h0), leaves, cot)
+        return ok and outputs_close(g1, g2, rtol=1e-3, atol=1e-3)
+    note = f"T={T} B={B} c={c} n={n}; compile = the loop with its step compiled; nn.RNN hidden {c * n}"
+    return Case(runners, check, note=note)
+
+
+SIZES = {"T256_B32_c16_n64": (256, 32, 16, 64), "T784_B32_c16_n64": (784, 32, 16, 64)}
+for _name, _size in SIZES.items():
+    register("wave_rnn", f"{_name}_fwd")(lambda d, s=_size: _recurrence_case(d, *s, backward=False))
+    register("wave_rnn", f"{_name}_fwdbwd")(lambda d, s=_size: _recurrence_case(d, *s, backward=True))
