@@ -129,9 +129,10 @@ __device__ __forceinline__ A ring_conv(const A* w, const A* h, int c, int f, int
 
 // Sums each of 16 per-lane values over the warp: a butterfly reduce-scatter (each round halves the
 // values a lane keeps and adds its partner's other half) takes 8 + 4 + 2 + 1 + 1 = 16 shuffles
-// instead of 16 separate 5-shuffle reductions. Afterwards lanes 2q and 2q + 1 hold the sum of
-// value q. Branch-free with compile-time indices only: a reduction per value under `q < n_inp`
-// put 16 warp-synchronous regions in branches, which made ptxas spill. Fixed order: deterministic.
+// for all 16 values, whatever n_inp (5 * n_inp for separate reductions: more only for
+// n_inp <= 3, and once per step either way). Afterwards lanes 2q and 2q + 1 hold the sum of
+// value q. Branch-free with compile-time indices only: separate reductions under `q < n_inp`
+// (16 warp-synchronous regions in branches) made ptxas spill. Fixed order: deterministic.
 template <typename A>
 __device__ __forceinline__ A warp_sum16(Array<A, 16> v, int lane) {
 #pragma unroll
