@@ -20,8 +20,8 @@ def _step(h, u_t, weight, bias):
 def _loop(step):
     def run(u, weight, bias, h0):
         h, states = h0, []
-        for t in range(u.shape[0]):
-            h = step(h, u[t], weight, bias)
+        for u_t in u.unbind(0):  # not u[t]: each select's backward would write a zero tensor of u's size
+            h = step(h, u_t, weight, bias)
             states.append(h)
         return torch.stack(states)
     return run
