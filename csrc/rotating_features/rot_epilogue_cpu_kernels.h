@@ -164,68 +164,117 @@ inline Tile<T> bn_tile(const BnPlan& p, const T* psi, const T* chi, const T* gra
   return t;
 }
 
-// Pass 1 of training: per-channel batch mean and biased variance of m.
-template <typename T, bool LIFT>
-void bn_batch_stats(const BnPlan& p, const T* psi, const T* chi, const T* rbias, T* mean_out,
-                    T* var_out) {
-  std::vector<double> pm(p.B * p.C), pm2(p.B * p.C);
-  at::parallel_for(0, p.B * p.C, p.grain, [&](int64_t lo, int64_t hi) {
-    T a[kTile], ysq[kTile], m[kTile];
-    for (int64_t pl = lo; pl < hi; ++pl) {
-      const int64_t b = pl / p.C, c = pl % p.C;
-      Moments mo;
-      for (int64_t s0 = 0; s0 < p.S; s0 += kTile) {
-        const int64_t len = std::min(kTile, p.S - s0);
-        auto t = bn_tile<T>(p, psi, chi, nullptr, rbias, b, c, s0, len);
-        site_terms<T, LIFT, false, false, /*WITH_Y=*/false>(t, p.n, a, ysq, m, nullptr);
-        T sum = 0;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < len; ++j) sum += m[j];
-        const T mu = sum / T(len);
-        T m2 = 0;
-#pragma omp simd reduction(+ : m2)
-        for (int64_t j = 0; j < len; ++j) m2 += (m[j] - mu) * (m[j] - mu);
-        mo.merge(len, mu, m2);
-      }
-      pm[pl] = mo.mean;
-      pm2[pl] = mo.m2;
-    }
-  });
-  for (int64_t c = 0; c < p.C; ++c) {
-    Moments mo;
-    for (int64_t b = 0; b < p.B; ++b) mo.merge(p.S, pm[b * p.C + c], pm2[b * p.C + c]);
-    const double nan = std::numeric_limits<double>::quiet_NaN();
-    mean_out[c] = T(mo.count > 0 ? mo.mean : nan);
-    var_out[c] = T(mo.count > 0 ? mo.m2 / mo.count : nan);
+// Channel-major schedule: one task per channel runs every pass over that channel's planes
+// (b = 0..B-1) back to back, so a later pass re-reads psi, chi and grad_out from the last-level
+// cache instead of DRAM (a channel's working set, B * (2n + 1) * S elements, is a few MB). The
+// per-plane math and the order of every reduction are those of the plane-parallel schedule, so
+// the two give bitwise-identical results; channel-major needs enough channels to feed the threads.
+inline bool channel_major(const BnPlan& p) {
+  constexpr int64_t kMaxChannelBytes = 8 << 20;
+  const int64_t bytes = p.B * (2 * p.n + 1) * p.S * int64_t(sizeof(float));
+  return p.C >= 2 * at::get_num_threads() && bytes <= kMaxChannelBytes;
+}
+
+// Runs body(c, plane_lo, plane_hi) over channels (channel-major) or body(-1, lo, hi) over plane
+// ranges (plane-parallel), where a plane index is b * C + c.
+template <typename Body>
+void for_each_channel_or_planes(const BnPlan& p, bool by_channel, const Body& body) {
+  if (by_channel) {
+    at::parallel_for(0, p.C, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t c = lo; c < hi; ++c) body(c, int64_t(0), int64_t(0));
+    });
+  } else {
+    at::parallel_for(0, p.B * p.C, p.grain, [&](int64_t lo, int64_t hi) { body(int64_t(-1), lo, hi); });
   }
 }
 
-// Pass 2 (the only pass in eval mode): out and mag from the statistics.
+// Moments of m over one plane (tiles merged in order).
 template <typename T, bool LIFT>
-void bn_apply(const BnPlan& p, const T* psi, const T* chi, const T* rbias, const T* weight,
-              const T* bias, const T* mean, const T* var, double eps, T* out, T* mag) {
-  at::parallel_for(0, p.B * p.C, p.grain, [&](int64_t lo, int64_t hi) {
-    T a[kTile], ysq[kTile], m[kTile], f[kTile];
-    for (int64_t pl = lo; pl < hi; ++pl) {
-      const int64_t b = pl / p.C, c = pl % p.C;
-      const double invstd = 1.0 / std::sqrt(double(var[c]) + eps);
-      const T scale = T(double(weight[c]) * invstd);
-      const T mu = mean[c], beta = bias[c];
-      T* mag_pl = mag + (b * p.C + c) * p.S;
-      T* out_pl = out + (b * p.n * p.C + c) * p.S;
-      for (int64_t s0 = 0; s0 < p.S; s0 += kTile) {
-        const int64_t len = std::min(kTile, p.S - s0);
-        auto t = bn_tile<T>(p, psi, chi, nullptr, rbias, b, c, s0, len);
-        site_terms<T, LIFT, false, false>(t, p.n, a, ysq, m, nullptr);
+inline void plane_moments(const BnPlan& p, const T* psi, const T* chi, const T* rbias, int64_t pl, T* a, T* ysq,
+                          T* m, double& mean, double& m2) {
+  const int64_t b = pl / p.C, c = pl % p.C;
+  Moments mo;
+  for (int64_t s0 = 0; s0 < p.S; s0 += kTile) {
+    const int64_t len = std::min(kTile, p.S - s0);
+    auto t = bn_tile<T>(p, psi, chi, nullptr, rbias, b, c, s0, len);
+    site_terms<T, LIFT, false, false, /*WITH_Y=*/false>(t, p.n, a, ysq, m, nullptr);
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < len; ++j) sum += m[j];
+    const T mu = sum / T(len);
+    T sq = 0;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t j = 0; j < len; ++j) sq += (m[j] - mu) * (m[j] - mu);
+    mo.merge(len, mu, sq);
+  }
+  mean = mo.mean;
+  m2 = mo.m2;
+}
+
+// Channel c's batch mean and biased variance from its per-plane moments (merged in batch order).
+template <typename T>
+inline void channel_stats(const BnPlan& p, const double* pm, const double* pm2, int64_t c, T* mean_out, T* var_out) {
+  Moments mo;
+  for (int64_t b = 0; b < p.B; ++b) mo.merge(p.S, pm[b * p.C + c], pm2[b * p.C + c]);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  mean_out[c] = T(mo.count > 0 ? mo.mean : nan);
+  var_out[c] = T(mo.count > 0 ? mo.m2 / mo.count : nan);
+}
+
+// out and mag of one plane from its channel's statistics.
+template <typename T, bool LIFT>
+inline void plane_apply(const BnPlan& p, const T* psi, const T* chi, const T* rbias, const T* weight, const T* bias,
+                        const T* mean, const T* var, double eps, int64_t pl, T* out, T* mag, T* a, T* ysq, T* m,
+                        T* f) {
+  const int64_t b = pl / p.C, c = pl % p.C;
+  const double invstd = 1.0 / std::sqrt(double(var[c]) + eps);
+  const T scale = T(double(weight[c]) * invstd);
+  const T mu = mean[c], beta = bias[c];
+  T* mag_pl = mag + (b * p.C + c) * p.S;
+  T* out_pl = out + (b * p.n * p.C + c) * p.S;
+  for (int64_t s0 = 0; s0 < p.S; s0 += kTile) {
+    const int64_t len = std::min(kTile, p.S - s0);
+    auto t = bn_tile<T>(p, psi, chi, nullptr, rbias, b, c, s0, len);
+    site_terms<T, LIFT, false, false>(t, p.n, a, ysq, m, nullptr);
 #pragma omp simd
-        for (int64_t j = 0; j < len; ++j) {
-          const T mh = vmax((m[j] - mu) * scale + beta, T(0));
-          mag_pl[s0 + j] = mh;
-          f[j] = mh / vmax(std::sqrt(ysq[j]), T(kNormalizeEps));
-        }
-        write_out<T, LIFT, false>(t, p.n, f, out_pl + s0, p.C * p.S);
-      }
+    for (int64_t j = 0; j < len; ++j) {
+      const T mh = vmax((m[j] - mu) * scale + beta, T(0));
+      mag_pl[s0 + j] = mh;
+      f[j] = mh / vmax(std::sqrt(ysq[j]), T(kNormalizeEps));
     }
+    write_out<T, LIFT, false>(t, p.n, f, out_pl + s0, p.C * p.S);
+  }
+}
+
+// Forward: (training) channel statistics, then out and mag.
+template <typename T, bool LIFT>
+void bn_forward(const BnPlan& p, bool training, const T* psi, const T* chi, const T* rbias, const T* weight,
+                const T* bias, T* mean, T* var, double eps, T* out, T* mag) {
+  std::vector<double> pm(training ? p.B * p.C : 0), pm2(training ? p.B * p.C : 0);
+  const bool by_channel = channel_major(p);
+  auto stats_planes = [&](int64_t lo, int64_t hi, int64_t step, T* a, T* ysq, T* m) {
+    for (int64_t pl = lo; pl < hi; pl += step) plane_moments<T, LIFT>(p, psi, chi, rbias, pl, a, ysq, m, pm[pl], pm2[pl]);
+  };
+  auto apply_planes = [&](int64_t lo, int64_t hi, int64_t step, T* a, T* ysq, T* m, T* f) {
+    for (int64_t pl = lo; pl < hi; pl += step)
+      plane_apply<T, LIFT>(p, psi, chi, rbias, weight, bias, mean, var, eps, pl, out, mag, a, ysq, m, f);
+  };
+  if (training && !by_channel) {  // plane-parallel: a pass, the channel statistics, another pass
+    for_each_channel_or_planes(p, false, [&](int64_t, int64_t lo, int64_t hi) {
+      T a[kTile], ysq[kTile], m[kTile];
+      stats_planes(lo, hi, 1, a, ysq, m);
+    });
+    for (int64_t c = 0; c < p.C; ++c) channel_stats(p, pm.data(), pm2.data(), c, mean, var);
+  }
+  for_each_channel_or_planes(p, by_channel, [&](int64_t c, int64_t lo, int64_t hi) {
+    T a[kTile], ysq[kTile], m[kTile], f[kTile];
+    if (c < 0) return apply_planes(lo, hi, 1, a, ysq, m, f);
+    // channel c's planes are c, c + C, ..., (B - 1) * C + c
+    if (training) {
+      stats_planes(c, p.B * p.C, p.C, a, ysq, m);
+      channel_stats(p, pm.data(), pm2.data(), c, mean, var);
+    }
+    apply_planes(c, p.B * p.C, p.C, a, ysq, m, f);
   });
 }
 
@@ -254,15 +303,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_bn_fwd_cpu(
     const scalar_t* chi_p = g.lift ? nullptr : chi.const_data_ptr<scalar_t>();
     auto run = [&](auto lift_tag) {
       constexpr bool L = decltype(lift_tag)::value;
-      if (training) {
-        bn_batch_stats<scalar_t, L>(p, psi.const_data_ptr<scalar_t>(), chi_p,
-                                    rot_bias.const_data_ptr<scalar_t>(),
-                                    mean.mutable_data_ptr<scalar_t>(), var.mutable_data_ptr<scalar_t>());
-      }
-      bn_apply<scalar_t, L>(p, psi.const_data_ptr<scalar_t>(), chi_p, rot_bias.const_data_ptr<scalar_t>(),
-                            weight.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
-                            mean.const_data_ptr<scalar_t>(), var.const_data_ptr<scalar_t>(), eps,
-                            out.mutable_data_ptr<scalar_t>(), mag.mutable_data_ptr<scalar_t>());
+      bn_forward<scalar_t, L>(p, training, psi.const_data_ptr<scalar_t>(), chi_p, rot_bias.const_data_ptr<scalar_t>(),
+                              weight.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
+                              mean.mutable_data_ptr<scalar_t>(), var.mutable_data_ptr<scalar_t>(), eps,
+                              out.mutable_data_ptr<scalar_t>(), mag.mutable_data_ptr<scalar_t>());
     };
     if (g.lift) run(std::true_type{}); else run(std::false_type{});
   });
@@ -306,51 +350,101 @@ inline void bn_tile_gp(const BnBwdArgs<T, LIFT>& A, const Tile<T>& t, int64_t b,
   }
 }
 
-// Per-site values pass 1 hands to pass 2 (one plane-major array each), so pass 2 is a single
-// streaming loop over psi and grad_out instead of a recomputation of every site term.
-enum SiteField { kGp, kXhat, kAlpha, kBeta, kHalfInvA, kNumSiteFields };
+// The per-site values of one plane (S sites each) that pass 1 hands to pass 2, so pass 2 is a
+// single streaming loop over psi and grad_out instead of a recomputation of every site term.
+template <typename T>
+struct PlaneFields {
+  T *gp, *xh, *al, *be, *hi;
+};
 
+// Pass 1 of one plane: its site fields, and its sums of g_p and g_p * xhat.
+template <typename T, bool LIFT>
+inline void bwd_plane_pass1(const BnBwdArgs<T, LIFT>& A, int64_t pl, const PlaneFields<T>& fld, double& sg,
+                            double& sgx) {
+  const auto& p = A.p;
+  const int64_t b = pl / p.C, c = pl % p.C;
+  T a[kTile], ysq[kTile], m[kTile], gy[kTile];
+  sg = 0;
+  sgx = 0;
+  for (int64_t s0 = 0; s0 < p.S; s0 += kTile) {
+    const int64_t len = std::min(kTile, p.S - s0);
+    auto t = bn_tile<T>(p, A.psi, A.chi, A.grad, A.rbias, b, c, s0, len);
+    T* xh = fld.xh + s0;
+    T* gp = fld.gp + s0;
+    bn_tile_gp(A, t, b, c, s0, a, ysq, m, gy, xh, gp, fld.al + s0, fld.be + s0, fld.hi + s0);
+    T tg = 0, tgx = 0;
+#pragma omp simd reduction(+ : tg, tgx)
+    for (int64_t j = 0; j < len; ++j) {
+      tg += gp[j];
+      tgx += gp[j] * xh[j];
+    }
+    sg += tg;
+    sgx += tgx;
+  }
+}
+
+// Pass 2 of one plane: input gradients, and the plane's rotation-bias partials rb [n].
+template <typename T, bool LIFT>
+inline void bwd_plane_pass2(const BnBwdArgs<T, LIFT>& A, int64_t pl, const PlaneFields<T>& fld, T mg, T mgx,
+                            T* g_psi, T* g_chi, double* rb) {
+  const auto& p = A.p;
+  const int64_t b = pl / p.C, c = pl % p.C;
+  const T invstd = T(1.0 / std::sqrt(double(A.var[c]) + A.eps));
+  const T wi = A.weight[c] * invstd;
+  T ga[kTile], gm[kTile];
+  std::fill(rb, rb + p.n, 0.0);
+  for (int64_t s0 = 0; s0 < p.S; s0 += kTile) {
+    const int64_t len = std::min(kTile, p.S - s0);
+    const int64_t site0 = pl * p.S + s0;
+    const T *gp = fld.gp + s0, *xh = fld.xh + s0, *al = fld.al + s0, *be = fld.be + s0, *hia = fld.hi + s0;
+#pragma omp simd
+    for (int64_t j = 0; j < len; ++j) {
+      gm[j] = wi * (gp[j] - mg - xh[j] * mgx);
+      ga[j] = hia[j] > T(0) ? gm[j] * hia[j] : T(0);  // 0 where |psi| = 0 (vector_norm's backward)
+    }
+    const T* grad_pl = A.grad + (b * p.n * p.C + c) * p.S + s0;
+    const T* psi_pl = A.psi + (b * p.npsi * p.C + c) * p.S + s0;
+    for (int64_t k = 0; k < p.n; ++k) {
+      const T* Gk = grad_pl + k * p.C * p.S;
+      const T bk = A.rbias[k * p.C + c];
+      T acc = 0;
+      if (LIFT && k > 0) {
+#pragma omp simd reduction(+ : acc)
+        for (int64_t j = 0; j < len; ++j) acc += al[j] * Gk[j] + be[j] * bk;
+      } else {
+        const T* pk = psi_pl + k * p.C * p.S;
+        T* gk = g_psi + (b * p.npsi * p.C + c) * p.S + k * p.C * p.S + s0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t j = 0; j < len; ++j) {
+          const T gyk = al[j] * Gk[j] + be[j] * (pk[j] + bk);
+          acc += gyk;
+          // Lift: psi_0 and chi are the same tensor W(x), so their gradients add up.
+          gk[j] = gyk + ga[j] * pk[j] + (LIFT ? T(0.5) * gm[j] : T(0));
+        }
+      }
+      rb[k] += acc;
+    }
+    if (!LIFT) {
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) g_chi[site0 + j] = T(0.5) * gm[j];
+    }
+  }
+}
+
+// Backward: pass 1 (site fields and per-plane sums), channel sums, pass 2 (input gradients).
+// Plane-parallel keeps every plane's fields in one [5, B*C*S] buffer between the passes;
+// channel-major (channel_major) keeps one channel's in a per-thread [5, B*S] buffer.
 template <typename T, bool LIFT>
 void bn_backward(const BnBwdArgs<T, LIFT>& A, bool training, T* g_psi, T* g_chi, T* g_rbias,
                  T* g_weight, T* g_bias) {
   const auto& p = A.p;
-  const int64_t nsites = p.B * p.C * p.S;
-  std::unique_ptr<T[]> site(new T[kNumSiteFields * std::max<int64_t>(nsites, 1)]);  // no zero-fill
-  T* const f_gp = site.get() + kGp * nsites;
-  T* const f_xh = site.get() + kXhat * nsites;
-  T* const f_al = site.get() + kAlpha * nsites;
-  T* const f_be = site.get() + kBeta * nsites;
-  T* const f_hi = site.get() + kHalfInvA * nsites;
-  // Pass 1: site terms, g_p, and per-plane sums of g_p and g_p * xhat.
-  std::vector<double> s_gp(p.B * p.C), s_gpx(p.B * p.C);
-  at::parallel_for(0, p.B * p.C, p.grain, [&](int64_t lo, int64_t hi) {
-    T a[kTile], ysq[kTile], m[kTile], gy[kTile];
-    for (int64_t pl = lo; pl < hi; ++pl) {
-      const int64_t b = pl / p.C, c = pl % p.C;
-      double sg = 0, sgx = 0;
-      for (int64_t s0 = 0; s0 < p.S; s0 += kTile) {
-        const int64_t len = std::min(kTile, p.S - s0);
-        const int64_t site0 = pl * p.S + s0;
-        auto t = bn_tile<T>(p, A.psi, A.chi, A.grad, A.rbias, b, c, s0, len);
-        T* xh = f_xh + site0;
-        T* gp = f_gp + site0;
-        bn_tile_gp(A, t, b, c, s0, a, ysq, m, gy, xh, gp, f_al + site0, f_be + site0, f_hi + site0);
-        T tg = 0, tgx = 0;
-#pragma omp simd reduction(+ : tg, tgx)
-        for (int64_t j = 0; j < len; ++j) {
-          tg += gp[j];
-          tgx += gp[j] * xh[j];
-        }
-        sg += tg;
-        sgx += tgx;
-      }
-      s_gp[pl] = sg;
-      s_gpx[pl] = sgx;
-    }
-  });
-  const double N = double(p.B) * p.S;
+  const bool by_channel = channel_major(p);
+  const int64_t nplanes = p.B * p.C;
+  std::vector<double> s_gp(nplanes), s_gpx(nplanes), rb_part(p.B * p.n * p.C);
   std::vector<T> mean_gp(p.C), mean_gpx(p.C);
-  for (int64_t c = 0; c < p.C; ++c) {
+  const double N = double(p.B) * p.S;
+  // Channel c's parameter gradients and the means pass 2 needs, from its planes' sums in batch order.
+  auto channel_sums = [&](int64_t c) {
     double sg = 0, sgx = 0;
     for (int64_t b = 0; b < p.B; ++b) {
       sg += s_gp[b * p.C + c];
@@ -358,60 +452,45 @@ void bn_backward(const BnBwdArgs<T, LIFT>& A, bool training, T* g_psi, T* g_chi,
     }
     g_bias[c] = T(sg);
     g_weight[c] = T(sgx);
-    mean_gp[c] = T(N > 0 ? sg / N : 0);
-    mean_gpx[c] = T(N > 0 ? sgx / N : 0);
-  }
-  // Pass 2: input gradients; rotation-bias gradient as per-plane partials [B, n, C].
-  std::vector<double> rb_part(p.B * p.n * p.C);
-  at::parallel_for(0, p.B * p.C, p.grain, [&](int64_t lo, int64_t hi) {
-    T ga[kTile], gm[kTile];
-    std::vector<double> rb(p.n);
-    for (int64_t pl = lo; pl < hi; ++pl) {
-      const int64_t b = pl / p.C, c = pl % p.C;
-      const T invstd = T(1.0 / std::sqrt(double(A.var[c]) + A.eps));
-      const T wi = A.weight[c] * invstd;
-      const T mg = training ? mean_gp[c] : T(0), mgx = training ? mean_gpx[c] : T(0);
-      std::fill(rb.begin(), rb.end(), 0.0);
-      for (int64_t s0 = 0; s0 < p.S; s0 += kTile) {
-        const int64_t len = std::min(kTile, p.S - s0);
-        const int64_t site0 = pl * p.S + s0;
-        const T *gp = f_gp + site0, *xh = f_xh + site0, *al = f_al + site0, *be = f_be + site0;
-        const T* hia = f_hi + site0;
-#pragma omp simd
-        for (int64_t j = 0; j < len; ++j) {
-          gm[j] = wi * (gp[j] - mg - xh[j] * mgx);
-          ga[j] = hia[j] > T(0) ? gm[j] * hia[j] : T(0);  // 0 where |psi| = 0 (vector_norm's backward)
+    mean_gp[c] = training ? T(N > 0 ? sg / N : 0) : T(0);
+    mean_gpx[c] = training ? T(N > 0 ? sgx / N : 0) : T(0);
+  };
+  auto fields_at = [](T* base, int64_t stride, int64_t offset) {
+    return PlaneFields<T>{base + offset, base + stride + offset, base + 2 * stride + offset,
+                          base + 3 * stride + offset, base + 4 * stride + offset};
+  };
+  auto pass2 = [&](int64_t pl, const PlaneFields<T>& fld, std::vector<double>& rb) {
+    const int64_t b = pl / p.C, c = pl % p.C;
+    bwd_plane_pass2<T, LIFT>(A, pl, fld, mean_gp[c], mean_gpx[c], g_psi, g_chi, rb.data());
+    for (int64_t k = 0; k < p.n; ++k) rb_part[(b * p.n + k) * p.C + c] = rb[k];
+  };
+  if (by_channel) {
+    at::parallel_for(0, p.C, 1, [&](int64_t lo, int64_t hi) {
+      const int64_t stride = p.B * p.S;
+      std::unique_ptr<T[]> site(new T[5 * std::max<int64_t>(stride, 1)]);
+      std::vector<double> rb(p.n);
+      for (int64_t c = lo; c < hi; ++c) {
+        for (int64_t b = 0; b < p.B; ++b) {
+          const int64_t pl = b * p.C + c;
+          bwd_plane_pass1<T, LIFT>(A, pl, fields_at(site.get(), stride, b * p.S), s_gp[pl], s_gpx[pl]);
         }
-        const T* grad_pl = A.grad + (b * p.n * p.C + c) * p.S + s0;
-        const T* psi_pl = A.psi + (b * p.npsi * p.C + c) * p.S + s0;
-        for (int64_t k = 0; k < p.n; ++k) {
-          const T* Gk = grad_pl + k * p.C * p.S;
-          const T bk = A.rbias[k * p.C + c];
-          T acc = 0;
-          if (LIFT && k > 0) {
-#pragma omp simd reduction(+ : acc)
-            for (int64_t j = 0; j < len; ++j) acc += al[j] * Gk[j] + be[j] * bk;
-          } else {
-            const T* pk = psi_pl + k * p.C * p.S;
-            T* gk = g_psi + (b * p.npsi * p.C + c) * p.S + k * p.C * p.S + s0;
-#pragma omp simd reduction(+ : acc)
-            for (int64_t j = 0; j < len; ++j) {
-              const T gyk = al[j] * Gk[j] + be[j] * (pk[j] + bk);
-              acc += gyk;
-              // Lift: psi_0 and chi are the same tensor W(x), so their gradients add up.
-              gk[j] = gyk + ga[j] * pk[j] + (LIFT ? T(0.5) * gm[j] : T(0));
-            }
-          }
-          rb[k] += acc;
-        }
-        if (!LIFT) {
-#pragma omp simd
-          for (int64_t j = 0; j < len; ++j) g_chi[site0 + j] = T(0.5) * gm[j];
-        }
+        channel_sums(c);
+        for (int64_t b = 0; b < p.B; ++b) pass2(b * p.C + c, fields_at(site.get(), stride, b * p.S), rb);
       }
-      for (int64_t k = 0; k < p.n; ++k) rb_part[(b * p.n + k) * p.C + c] = rb[k];
-    }
-  });
+    });
+  } else {
+    const int64_t stride = nplanes * p.S;
+    std::unique_ptr<T[]> site(new T[5 * std::max<int64_t>(stride, 1)]);  // no zero-fill
+    at::parallel_for(0, nplanes, p.grain, [&](int64_t lo, int64_t hi) {
+      for (int64_t pl = lo; pl < hi; ++pl)
+        bwd_plane_pass1<T, LIFT>(A, pl, fields_at(site.get(), stride, pl * p.S), s_gp[pl], s_gpx[pl]);
+    });
+    for (int64_t c = 0; c < p.C; ++c) channel_sums(c);
+    at::parallel_for(0, nplanes, p.grain, [&](int64_t lo, int64_t hi) {
+      std::vector<double> rb(p.n);
+      for (int64_t pl = lo; pl < hi; ++pl) pass2(pl, fields_at(site.get(), stride, pl * p.S), rb);
+    });
+  }
   for (int64_t k = 0; k < p.n; ++k)
     for (int64_t c = 0; c < p.C; ++c) {
       double s = 0;

@@ -279,3 +279,25 @@ def test_ln_low_precision_cuda(dtype):
     compare_with_reference(ops.rot_ln_epilogue, ref_low, args, dtype)
     out, mag, mean, rstd = torch.ops.phasor.rot_ln_fwd(*args, 1e-5)
     assert mean.dtype == rstd.dtype == torch.float32  # statistics stay float32, as torch's layer norm
+
+
+@pytest.mark.parametrize("lift", [False, True])
+def test_bn_channel_major_and_plane_parallel_schedules_agree_bitwise(lift):
+    """The CPU kernels run channel-major when there are at least 2 channels per thread, plane-parallel
+    otherwise; both must give identical bits (same per-plane math, same reduction order)."""
+    d = bn_inputs((4, 3, 3, 7, 9), lift, dtype=torch.float32)  # C = 3: 1 thread -> channel-major, 2 -> planes
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            args = [t.clone() if isinstance(t, torch.Tensor) else t for t in bn_args(d, True)]
+            out = torch.ops.phasor.rot_bn_fwd(*args, 1e-5)
+            g = torch.ones_like(out[0]) * 0.3 + torch.arange(out[0].numel()).reshape(out[0].shape) % 7 * 0.1
+            grads = torch.ops.phasor.rot_bn_bwd(g, out[1] * 0.2, args[0], args[1], args[2], args[3], args[4],
+                                                out[2], out[3], True, 1e-5)
+            results.append([t for t in (*out, *grads) if t is not None])
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
