@@ -35,6 +35,8 @@ namespace phasor::wave::PHASOR_CPU_ISA {
 namespace {
 
 constexpr int64_t kFlushSteps = 16;  // float weight-gradient partials are moved to double this often
+// Elements after the last row of every padded buffer, so a vector read of a ring's tail stays inside.
+constexpr int64_t kSlack = 8;
 
 // 32-byte GCC vector types (an alias template cannot carry the attribute for a dependent type).
 template <typename T>
@@ -110,6 +112,36 @@ inline void conv_block(const Dims& d, const T* in_pad, const T* w, const T* bias
     for (int v = 0; v < NV; ++v) storeu(out + (o0 + r) * n + j0 + v * L, acc[r][v]);
 }
 
+// The last rem < L positions of NO rows, as one vector: u and out go through a small buffer, and the
+// input reads run up to L - 1 elements past the row (into the next row, or into the kSlack elements
+// every padded buffer carries after its last row); those lanes are discarded.
+template <typename T, int NO>
+inline void conv_block_tail(const Dims& d, const T* in_pad, const T* w, const T* bias, const T* base, int64_t o0,
+                            int64_t j0, int64_t rem, T* out) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t c = d.c, f = d.f, n = d.n, npad = d.npad();
+  Vec<T> acc[NO];
+  T buf[L] = {};
+#pragma GCC unroll 4
+  for (int r = 0; r < NO; ++r) {
+    if (base) std::memcpy(buf, base + (o0 + r) * n + j0, rem * sizeof(T));
+    acc[r] = splat(bias ? bias[o0 + r] : T(0)) + loadu(buf);
+  }
+  for (int64_t i = 0; i < c; ++i) {
+    const T* row = in_pad + i * npad + j0;
+    for (int64_t k = 0; k < f; ++k) {
+      const Vec<T> x = loadu(row + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < NO; ++r) acc[r] += splat(w[((o0 + r) * c + i) * f + k]) * x;
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < NO; ++r) {
+    storeu(buf, acc[r]);
+    std::memcpy(out + (o0 + r) * n + j0, buf, rem * sizeof(T));
+  }
+}
+
 // All ring positions of NO output rows starting at o0: register blocks, then a scalar tail.
 template <typename T, int NO>
 inline void conv_row_group(const Dims& d, const T* in_pad, const T* w, const T* bias, const T* base, int64_t o0,
@@ -119,14 +151,7 @@ inline void conv_row_group(const Dims& d, const T* in_pad, const T* w, const T* 
   int64_t j = 0;
   for (; j + 4 * L <= n; j += 4 * L) conv_block<T, NO, 4>(d, in_pad, w, bias, base, o0, j, out);
   for (; j + L <= n; j += L) conv_block<T, NO, 1>(d, in_pad, w, bias, base, o0, j, out);
-  for (; j < n; ++j) {  // ring tail shorter than a vector
-    for (int64_t o = o0; o < o0 + NO; ++o) {
-      T acc = (bias ? bias[o] : T(0)) + (base ? base[o * n + j] : T(0));
-      for (int64_t i = 0; i < c; ++i)
-        for (int64_t k = 0; k < f; ++k) acc += w[(o * c + i) * f + k] * in_pad[i * npad + j + k];
-      out[o * n + j] = acc;
-    }
-  }
+  if (j < n) conv_block_tail<T, NO>(d, in_pad, w, bias, base, o0, j, n - j, out);
 }
 
 // The whole circular convolution of one sample: out [c][n] from in_pad [c][n + 2p].
@@ -139,9 +164,10 @@ void conv_rows(const Dims& d, const T* in_pad, const T* w, const T* bias, const 
 
 // dW[o, m] += sum_j delta[o, j] * hprev_pad[i, j + k] over full vectors, m = i * f + k, for MB
 // weights at once (MB independent chains sharing each delta load), kept as per-lane vector sums.
+// dtail: the ring's last positions (n mod L of them) zero-padded to a vector, or null when none.
 template <typename T, int MB>
-inline void weight_grad_block(const Dims& d, const T* drow, const T* hprev_pad, int64_t m0, int64_t nvec,
-                              Vec<T>* dWv_o) {
+inline void weight_grad_block(const Dims& d, const T* drow, const T* dtail, const T* hprev_pad, int64_t m0,
+                              int64_t nvec, Vec<T>* dWv_o) {
   constexpr int64_t L = kLanes<T>;
   const T* hp[MB];
   Vec<T> acc[MB];
@@ -155,6 +181,11 @@ inline void weight_grad_block(const Dims& d, const T* drow, const T* hprev_pad, 
     const Vec<T> dv = loadu(drow + v * L);
 #pragma GCC unroll 8
     for (int q = 0; q < MB; ++q) acc[q] += dv * loadu(hp[q] + v * L);
+  }
+  if (dtail) {  // zero lanes past the ring end cancel whatever the h reads there return
+    const Vec<T> dv = loadu(dtail);
+#pragma GCC unroll 8
+    for (int q = 0; q < MB; ++q) acc[q] += dv * loadu(hp[q] + nvec * L);
   }
 #pragma GCC unroll 8
   for (int q = 0; q < MB; ++q) dWv_o[m0 + q] = acc[q];
@@ -220,7 +251,7 @@ template <typename T, Act A>
 void forward(const Dims& d, const Input<T>& in, const T* W, const T* bias, const T* h0, T* H, T* h_last) {
   const int64_t cn = d.cn(), cpad = d.c * d.npad();
   at::parallel_for(0, d.B, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<T> pad(2 * cpad), pre(cn), ubuf(in.u ? 0 : cn);
+    std::vector<T> pad(2 * cpad + kSlack), pre(cn), ubuf(in.u ? 0 : cn);
     for (int64_t b = lo; b < hi; ++b) {
       T* cur = pad.data();
       T* nxt = pad.data() + cpad;
@@ -265,18 +296,16 @@ void backward(const Dims& d, const Input<T>& in, const T* gH, const T* H, const 
   for (int64_t o = 0; o < c; ++o)
     for (int64_t i = 0; i < c; ++i)
       for (int64_t k = 0; k < f; ++k) Wt[(i * c + o) * f + k] = W[(o * c + i) * f + (f - 1 - k)];
-  const int64_t nvec = n / L;  // full vectors per ring row; the tail is summed in scalars
+  const int64_t nvec = n / L;  // full vectors per ring row; the tail is one zero-padded vector
 
   at::parallel_for(0, d.B, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<T> delta_pad(cpad), hprev_pad(cpad), grec(cn), gnext(cn);
-    std::vector<Vec<T>> dWv(nvec > 0 ? nw : 0);
-    std::vector<T> dW_tail(nw);
+    std::vector<T> delta_pad(cpad + kSlack), hprev_pad(cpad + kSlack), grec(cn);
+    std::vector<Vec<T>> dWv(nw);
     for (int64_t b = lo; b < hi; ++b) {
       double* dW = g.dW + b * nw;
       double* db = g.db + b * c;
       std::fill(grec.begin(), grec.end(), T(0));
       std::fill(dWv.begin(), dWv.end(), Vec<T>{});
-      std::fill(dW_tail.begin(), dW_tail.end(), T(0));
       for (int64_t t = d.T - 1; t >= 0; --t) {
         const int64_t off = (t * d.B + b) * cn;
         const T* h = H + off;
@@ -323,26 +352,20 @@ void backward(const Dims& d, const Input<T>& in, const T* gH, const T* H, const 
         }
         // dW[o, i, k] += sum_j delta[o, j] * hprev_pad[i, j + k]: vector partials per weight
         load_padded(d, hprev, hprev_pad.data());
-        const int64_t cf = c * f;
+        const int64_t cf = c * f, rem = n - nvec * L;
         for (int64_t o = 0; o < c; ++o) {
           const T* drow = delta_pad.data() + o * npad + p;
-          if (nvec > 0) {
-            int64_t m = 0;
-            for (; m + 8 <= cf; m += 8) weight_grad_block<T, 8>(d, drow, hprev_pad.data(), m, nvec, dWv.data() + o * cf);
-            for (; m < cf; ++m) weight_grad_block<T, 1>(d, drow, hprev_pad.data(), m, nvec, dWv.data() + o * cf);
-          }
-          for (int64_t m = 0; m < cf; ++m) {  // ring tail shorter than a vector
-            const T* hrow = hprev_pad.data() + (m / f) * npad + (m % f);
-            T tail = 0;
-            for (int64_t j = nvec * L; j < n; ++j) tail += drow[j] * hrow[j];
-            dW_tail[o * cf + m] += tail;
-          }
+          T dtail[L] = {};
+          if (rem) std::memcpy(dtail, drow + nvec * L, rem * sizeof(T));
+          const T* dt = rem ? dtail : nullptr;
+          int64_t m = 0;
+          for (; m + 8 <= cf; m += 8) weight_grad_block<T, 8>(d, drow, dt, hprev_pad.data(), m, nvec, dWv.data() + o * cf);
+          for (; m < cf; ++m) weight_grad_block<T, 1>(d, drow, dt, hprev_pad.data(), m, nvec, dWv.data() + o * cf);
         }
         if (t % kFlushSteps == 0) {  // move the float partials into the double accumulator
           for (int64_t w = 0; w < nw; ++w) {
-            dW[w] += (nvec > 0 ? hsum<T>(dWv[w]) : 0.0) + dW_tail[w];
-            if (nvec > 0) dWv[w] = Vec<T>{};
-            dW_tail[w] = 0;
+            dW[w] += hsum<T>(dWv[w]);
+            dWv[w] = Vec<T>{};
           }
         }
         // recurrent term for step t - 1 (at t = 0 it is dL/dh0)
