@@ -45,8 +45,10 @@ wheel: venv
 cuda-check: venv
 	bash tools/cuda_check.sh $(PY)
 
+# `make repro REPROS=wave-rnn` runs one; each job resumes from its checkpoints.
+REPROS ?= rotating-features wave-rnn
 repro: build
-	$(PY) -m phasor repro rotating-features
+	@for r in $(REPROS); do $(PY) -m phasor repro $$r || exit 1; done
 
 clean:
 	rm -rf build dist $(VENV) python/phasor/_C*.so
