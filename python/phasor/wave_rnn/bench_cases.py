@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..bench.registry import Case, compiled, outputs_close, register
+from ..bench.registry import Case, compiled, outputs_close, register, scaled_close
 from . import ops, reference
 
 
@@ -62,13 +62,17 @@ def _recurrence_case(device, T, B, c, n, backward):
         runners["torch.nn.RNN"] = no_grad(lambda: rnn(x_rnn))
 
     def check():
+        # in float64: with relu, float32 runs of either implementation flip the activation mask of
+        # near-zero pre-activations differently, which moves single gradient entries by O(1)
+        args64 = [t.detach().double() for t in (u, weight, bias, h0)]
         with torch.no_grad():
-            ok = outputs_close(fused(u, weight, bias, h0), eager(u, weight, bias, h0))
+            ok = outputs_close(fused(*args64), eager(*args64), rtol=1e-9, atol=1e-9)
         if not backward:
             return ok
-        g1 = torch.autograd.grad(fused(u, weight, bias, h0), leaves, cot)
-        g2 = torch.autograd.grad(eager(u, weight, bias, h0), leaves, cot)
-        return ok and outputs_close(g1, g2, rtol=1e-3, atol=1e-3)
+        leaves64 = [t.requires_grad_() for t in args64[:3]]
+        g1 = torch.autograd.grad(fused(*args64), leaves64, cot.double())
+        g2 = torch.autograd.grad(eager(*args64), leaves64, cot.double())
+        return ok and scaled_close(g1, g2, 1e-9)
     note = f"T={T} B={B} c={c} n={n}; compile = the loop with its step compiled; nn.RNN hidden {c * n}"
     return Case(runners, check, note=note)
 
