@@ -56,7 +56,10 @@ def _plot_curves(ax, name: str, runs: dict):
 def _plot_waves(ax, snap: dict):
     states = snap["states"]
     ch = most_active_channel(states)
-    img = states[:, ch, :].T.numpy()  # [n, T]: ring position (rows) against time (columns)
+    h = states[:, ch, :]
+    # each time step scaled to its own maximum: activity grows along the ring (the conv bias adds
+    # up), and one colour scale for all steps would show only the last few
+    img = (h / h.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)).T.numpy()  # [n, T]
     ax.imshow(img, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
     ax.set_xlabel("time step")
     ax.set_ylabel("ring position")
@@ -70,7 +73,7 @@ def _plot_waves(ax, snap: dict):
     for t in marks:
         ax.axvline(t, color="white", lw=0.6, ls=":")
     ax.set_title(f"trained wRNN's hidden state, one {snap['task']} sequence\n"
-                 f"channel {ch} of {states.shape[1]}; dotted: {what}", fontsize=9)
+                 f"channel {ch} of {states.shape[1]}, each step scaled to its max; dotted: {what}", fontsize=9)
 
 
 def save_figure(path, history: dict, snapshots: list, dpi: int = 110):
