@@ -16,6 +16,7 @@
 // (forward) or per chunk of rows (backward).
 #include "rotating_features/rot_epilogue_args.h"
 
+#include "common/cuda_host.h"
 #include "common/cuda_utils.cuh"
 
 #include <ATen/core/Tensor.h>
@@ -33,6 +34,9 @@
 
 namespace phasor::rot {
 namespace {
+
+using phasor::cuda::dispatch_dtype;
+using phasor::cuda::grid_for;
 
 using phasor::cuda::Array;
 using phasor::cuda::block_reduce;
@@ -497,22 +501,6 @@ inline void check_cuda_dtype(const char* op, const at::Tensor& psi) {
                    ": the CUDA kernel supports float32, float16, bfloat16 and float64 psi, got ", st);
 }
 
-template <typename F>
-void dispatch_dtype(at::ScalarType st, F&& f) {
-  switch (st) {
-    case at::kFloat: f(float{}); return;
-    case at::kDouble: f(double{}); return;
-    case at::kHalf: f(c10::Half{}); return;
-    case at::kBFloat16: f(c10::BFloat16{}); return;
-    default: TORCH_CHECK_TYPE(false, "phasor: unsupported dtype ", st);
-  }
-}
-
-inline unsigned grid_for(int64_t blocks, const char* op, const char* what) {
-  TORCH_CHECK_VALUE(blocks <= static_cast<int64_t>(std::numeric_limits<int32_t>::max()), op, ": too many ",
-                    what, " (", blocks, ") for one CUDA grid");
-  return static_cast<unsigned>(blocks);
-}
 
 inline unsigned grid_cols(int64_t cols, const char* op) {
   return grid_for(ceil_div<int64_t>(cols, kThreads), op, "columns");

@@ -23,6 +23,7 @@
 // it to a [B, ...] scratch, and batch_sum_kernel adds the B partials in batch order (in double).
 #include "wave_rnn/wave_rnn.h"
 
+#include "common/cuda_host.h"
 #include "common/cuda_utils.cuh"
 
 #include <ATen/core/Tensor.h>
@@ -44,6 +45,9 @@
 
 namespace phasor::wave {
 namespace {
+
+using phasor::cuda::dispatch_dtype;
+using phasor::cuda::grid_for;
 
 using phasor::cuda::Array;
 using phasor::cuda::ceil_div;
@@ -496,22 +500,6 @@ inline void check_cuda_dtype(const char* op, const char* name, const at::Tensor&
                    ": the CUDA kernel supports float32, float16, bfloat16 and float64 ", name, ", got ", st);
 }
 
-template <typename F>
-void dispatch_dtype(at::ScalarType st, F&& f) {
-  switch (st) {
-    case at::kFloat: f(float{}); return;
-    case at::kDouble: f(double{}); return;
-    case at::kHalf: f(c10::Half{}); return;
-    case at::kBFloat16: f(c10::BFloat16{}); return;
-    default: TORCH_CHECK_TYPE(false, "phasor: unsupported dtype ", st);
-  }
-}
-
-inline unsigned grid_for(int64_t blocks, const char* op, const char* what) {
-  TORCH_CHECK_VALUE(blocks <= static_cast<int64_t>(std::numeric_limits<int32_t>::max()), op, ": too many ",
-                    what, " (", blocks, ") for one CUDA grid");
-  return static_cast<unsigned>(blocks);
-}
 
 // Padded row length n + 2p, rounded up to odd: rows i * ld then start in distinct banks, which
 // the weight-gradient loop (lanes on different rows at the same j when js = 1) relies on.
