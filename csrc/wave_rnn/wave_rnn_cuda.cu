@@ -270,6 +270,21 @@ struct BwdParams {
   bool v_in_smem;       // proj: V^T staged in shared memory
 };
 
+// The sizes FwdParams and BwdParams share, from the validated dimensions.
+template <typename Params>
+void set_geometry(Params& P, const Dims& d, int64_t ld, Act act) {
+  P.steps = d.T;
+  P.B = d.B;
+  P.c = static_cast<int>(d.c);
+  P.n = static_cast<int>(d.n);
+  P.f = static_cast<int>(d.f);
+  P.p = static_cast<int>(d.p);
+  P.ld = static_cast<int>(ld);
+  P.n_inp = static_cast<int>(d.n_inp);
+  P.act = act;
+}
+
+
 // Reverse time. Two phases per step t, with g = grad_H[t] + r (r = dL/dh_t from step t + 1):
 //   delta(t)  owners: delta_t = g * act'(h_t) -> grad_u[t] and the padded rows D[t & 1]; the
 //             padded h_{t-1} -> Hp[t & 1]; proj: dV / dbV accumulators and the warp partials of
@@ -573,15 +588,7 @@ at::Tensor run_forward(const char* op, const Dims& d, const at::Tensor& u, const
     P.bias = bias.const_data_ptr<A>();
     P.h0 = h0.const_data_ptr<T>();
     P.out = out.mutable_data_ptr<T>();
-    P.steps = d.T;
-    P.B = d.B;
-    P.c = static_cast<int>(d.c);
-    P.n = static_cast<int>(d.n);
-    P.f = static_cast<int>(d.f);
-    P.p = static_cast<int>(d.p);
-    P.ld = static_cast<int>(ld);
-    P.n_inp = static_cast<int>(d.n_inp);
-    P.act = act;
+    set_geometry(P, d, ld, act);
     P.return_all = return_all;
     P.v_in_smem = v_in_smem;
     auto launch = [&](auto proj_tag) {
@@ -650,16 +657,8 @@ std::vector<at::Tensor> run_backward(const char* op, const Dims& d, const at::Te
       P.grad_h0 = grad_h0.mutable_data_ptr<T>();
       P.part_w = part_w.mutable_data_ptr<A>();
       P.part_v = proj ? part_v.mutable_data_ptr<A>() : nullptr;
-      P.steps = d.T;
-      P.B = d.B;
-      P.c = static_cast<int>(d.c);
-      P.n = static_cast<int>(d.n);
-      P.f = static_cast<int>(d.f);
-      P.p = static_cast<int>(d.p);
-      P.ld = static_cast<int>(ld);
-      P.n_inp = static_cast<int>(d.n_inp);
+      set_geometry(P, d, ld, act);
       P.js = static_cast<int>(js);
-      P.act = act;
       P.gv_in_smem = gv_in_smem;
       P.v_in_smem = v_in_smem;
       const unsigned grid = grid_for(d.B, op, "samples");
