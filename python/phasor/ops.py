@@ -1,6 +1,6 @@
 """Imports every system's op module, which registers the ops' fake kernels and autograd formulas.
 
-Each system's schemas name their own module (``set_python_module`` in csrc/registration.cpp).
+Each system's schemas name their own module (``set_python_module`` in csrc/<system>/*_schema.cpp).
 """
 from .rotating_features import ops as rotating_features_ops  # noqa: F401
 from .wave_rnn import ops as wave_rnn_ops  # noqa: F401

@@ -39,10 +39,14 @@ def register(op: str, name: str, devices=("cpu", "cuda")):
     return deco
 
 
+# Every system with benchmark cases (python/phasor/<system>/bench_cases.py).
+SYSTEMS = ("rotating_features", "wave_rnn")
+
+
 def all_cases() -> List[CaseSpec]:
-    from .. import rotating_features  # noqa: F401  (imports register their cases)
-    from ..rotating_features import bench_cases  # noqa: F401
-    from ..wave_rnn import bench_cases as _wave  # noqa: F401
+    import importlib
+    for system in SYSTEMS:  # importing a system's bench_cases registers its cases
+        importlib.import_module(f"phasor.{system}.bench_cases")
     return list(_CASES)
 
 
