@@ -130,17 +130,27 @@ def test_autoencoder_4shapes_config_shapes_and_parameter_count():
     assert 0 <= float(recon.min()) and float(recon.max()) <= 1
 
 
+def _move_norms_off_their_init(model: torch.nn.Module, seed: int = 0):
+    """Nonzero norm biases, as after training. At init (bias 0, running mean 0, eval mode) every
+    site whose magnitude 0.5|psi| + 0.5 chi is zero sits exactly on the relu kink, and a
+    ConvTranspose2d output fed by a single input makes |psi| = -chi exactly there; which side of the
+    kink such a site lands on then depends on the last bit of |psi|, so eager, compiled and the
+    float64 truth legitimately pick different subgradients (seen: 3e-4 in one BN-bias gradient)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)):
+                sign = torch.where(torch.rand(mod.bias.shape, generator=g) < 0.5, -1.0, 1.0)
+                mod.bias.copy_(sign * (0.1 + 0.4 * torch.rand(mod.bias.shape, generator=g)))
+
+
 @pytest.mark.parametrize("device", device_params())
-# Open (see the session-2 note): on this CI machine eager float32 differs from the float64 truth by
-# 8e-5 in encoder.1.norm.bias's gradient (compiled: 5e-9), with the kernels of session 1 as well,
-# and in float64 compiled and eager differ in one decoder gradient: under investigation, so this
-# comparison is reported rather than enforced until it is explained.
-@pytest.mark.xfail(reason="compiled vs eager autoencoder gradients differ on some machines; under investigation",
-                   strict=False)
-def test_autoencoder_compiles_fullgraph(device):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_autoencoder_compiles_fullgraph(device, dtype):
     torch.manual_seed(3)
-    m = RotatingAutoEncoder(1, 16, n=4, hidden_dim=4, linear_dim=8).to(device).eval()
-    check_compile(m, [torch.rand(2, 1, 16, 16, device=device)])
+    m = RotatingAutoEncoder(1, 16, n=4, hidden_dim=4, linear_dim=8).to(device, dtype).eval()
+    _move_norms_off_their_init(m)
+    check_compile(m, [torch.rand(2, 1, 16, 16, device=device, dtype=dtype)], dtype)
 
 
 def test_bad_inputs():
