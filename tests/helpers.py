@@ -35,9 +35,11 @@ LONG_REDUCTION_TOLERANCES = {
 
 
 def cpu_isa_params():
-    """The CPU kernel builds this machine can run ('base' always, 'avx2' where supported)."""
-    best = phasor._C.cpu_isa()
-    return ["base"] + (["avx2"] if best == "avx2" or phasor._C.set_cpu_isa("avx2") else [])
+    """The CPU kernel builds this machine can run ('base' always, then 'avx2' and 'avx512' where supported)."""
+    before = phasor._C.cpu_isa()
+    runnable = [isa for isa in phasor.build_info["cpu_isas"].split(",") if phasor._C.set_cpu_isa(isa)]
+    phasor._C.set_cpu_isa(before)
+    return runnable
 
 
 @pytest.fixture(params=cpu_isa_params())

@@ -28,5 +28,6 @@ using OptT = c10::optional<at::Tensor>;
 
 PHASOR_ROT_CPU_ENTRY_POINTS(base)
 PHASOR_ROT_CPU_ENTRY_POINTS(avx2)
+PHASOR_ROT_CPU_ENTRY_POINTS(avx512)
 
 }  // namespace phasor::rot

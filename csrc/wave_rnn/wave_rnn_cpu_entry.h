@@ -25,5 +25,6 @@ namespace phasor::wave {
 
 PHASOR_WAVE_CPU_ENTRY_POINTS(base)
 PHASOR_WAVE_CPU_ENTRY_POINTS(avx2)
+PHASOR_WAVE_CPU_ENTRY_POINTS(avx512)
 
 }  // namespace phasor::wave

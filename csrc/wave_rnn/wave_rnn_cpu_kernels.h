@@ -6,12 +6,13 @@
 // time loop for its samples with the state in small per-thread buffers that stay in L1/L2.
 // The ring rows are kept circularly padded ([c][n + 2p]), so the convolution is, per output row,
 // c * f shifted AXPYs over contiguous memory: `conv_rows` keeps a block of output positions in
-// vector registers (GCC vector extensions, 32 bytes: AVX2 in the avx2 build, two SSE halves in the
-// base one) while it streams over input channels and taps.
+// vector registers (GCC vector extensions: 64 bytes in the avx512 build, 32 bytes otherwise, which
+// the base build runs as two SSE halves) while it streams over input channels and taps.
 // The backward runs the same convolution with transposed, flipped taps on the padded delta.
 // Weight gradients accumulate as vectors per sample (flushed into double every kFlushSteps steps)
 // and per-sample partials are summed in batch order at the end: results do not depend on the
 // thread count.
+#include "common/cpu_memory.h"
 #include "wave_rnn/wave_rnn_cpu_entry.h"
 
 #include <ATen/Dispatch.h>
@@ -35,24 +36,29 @@ namespace phasor::wave::PHASOR_CPU_ISA {
 namespace {
 
 constexpr int64_t kFlushSteps = 16;  // float weight-gradient partials are moved to double this often
+#ifdef __AVX512F__
+constexpr int kVecBytes = 64;
+#else
+constexpr int kVecBytes = 32;
+#endif
 // Elements after the last row of every padded buffer, so a vector read of a ring's tail stays inside.
-constexpr int64_t kSlack = 8;
+constexpr int64_t kSlack = kVecBytes / sizeof(float);
 
-// 32-byte GCC vector types (an alias template cannot carry the attribute for a dependent type).
+// GCC vector types of kVecBytes (an alias template cannot carry the attribute for a dependent type).
 template <typename T>
 struct VecOf;
 template <>
 struct VecOf<float> {
-  typedef float type __attribute__((vector_size(32)));
+  typedef float type __attribute__((vector_size(kVecBytes)));
 };
 template <>
 struct VecOf<double> {
-  typedef double type __attribute__((vector_size(32)));
+  typedef double type __attribute__((vector_size(kVecBytes)));
 };
 template <typename T>
 using Vec = typename VecOf<T>::type;
 template <typename T>
-constexpr int64_t kLanes = 32 / sizeof(T);
+constexpr int64_t kLanes = kVecBytes / sizeof(T);
 
 template <typename T>
 inline Vec<T> loadu(const T* p) {
@@ -77,16 +83,48 @@ inline double hsum(Vec<T> v) {
   return s;
 }
 
-// out[o0 + r, j0 .. j0 + NV*L) = bias[o] + base[o, j] + sum_{i, k} w[o, i, k] * in_pad[i, j + k] for
-// NO output rows at once: NO * NV independent accumulator chains stay in vector registers (enough
-// to cover the FMA latency), and each input vector loaded feeds NO rows.
-template <typename T, int NO, int NV>
-inline void conv_block(const Dims& d, const T* in_pad, const T* w, const T* bias, const T* base, int64_t o0,
+// Register blocking of the convolution: NO output rows x NV vectors of ring positions stay in
+// registers (NO * NV accumulator chains cover the FMA latency; each input vector loaded feeds NO
+// rows, each broadcast tap NV vectors). AVX-512 has 32 vector registers, the others 16.
+#ifdef __AVX512F__
+constexpr int kConvRows = 4, kConvVecs = 4, kGradRows = 4;
+#elif defined(__AVX2__)
+constexpr int kConvRows = 4, kConvVecs = 2, kGradRows = 2;
+#else
+constexpr int kConvRows = 2, kConvVecs = 2, kGradRows = 2;  // 32-byte vectors are two SSE registers here
+#endif
+
+// The taps in the order the convolution reads them: rows in blocks of kConvRows, [block][i][k][r],
+// then the leftover rows one by one ([o][i][k]), so one (i, k) step reads adjacent taps.
+// `flip` packs the backward's transposed, flipped taps: Wt[i, o, k] = W[o, i, f - 1 - k].
+template <typename T>
+std::vector<T> pack_taps(const Dims& d, const T* w, bool flip) {
+  const int64_t c = d.c, f = d.f;
+  auto tap = [&](int64_t o, int64_t i, int64_t k) {
+    return flip ? w[(i * c + o) * f + (f - 1 - k)] : w[(o * c + i) * f + k];
+  };
+  std::vector<T> out(c * c * f);
+  int64_t q = 0, o0 = 0;
+  for (; o0 + kConvRows <= c; o0 += kConvRows)
+    for (int64_t i = 0; i < c; ++i)
+      for (int64_t k = 0; k < f; ++k)
+        for (int r = 0; r < kConvRows; ++r) out[q++] = tap(o0 + r, i, k);
+  for (; o0 < c; ++o0)
+    for (int64_t i = 0; i < c; ++i)
+      for (int64_t k = 0; k < f; ++k) out[q++] = tap(o0, i, k);
+  return out;
+}
+
+// out[o0 + r, j0 .. j0 + NV*L) = bias[o] + base[o, j] + sum_{i, k} w[o, i, k] * in_pad[i, j + k], for
+// NO rows; wp: the block's packed taps [i][k][r]. F = the kernel size when known at compile time
+// (its tap loop then unrolls), 0 = read it from d.
+template <typename T, int NO, int NV, int F>
+inline void conv_block(const Dims& d, const T* in_pad, const T* wp, const T* bias, const T* base, int64_t o0,
                        int64_t j0, T* out) {
   constexpr int64_t L = kLanes<T>;
-  const int64_t c = d.c, f = d.f, n = d.n, npad = d.npad();
+  const int64_t c = d.c, f = F ? F : d.f, n = d.n, npad = d.npad();
   Vec<T> acc[NO][NV];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int r = 0; r < NO; ++r) {
     const Vec<T> b = splat(bias ? bias[o0 + r] : T(0));
 #pragma GCC unroll 8
@@ -94,101 +132,144 @@ inline void conv_block(const Dims& d, const T* in_pad, const T* w, const T* bias
   }
   for (int64_t i = 0; i < c; ++i) {
     const T* row = in_pad + i * npad + j0;
+    const T* wi = wp + i * f * NO;
+#pragma GCC unroll 16
     for (int64_t k = 0; k < f; ++k) {
       Vec<T> x[NV];
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) x[v] = loadu(row + k + v * L);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int r = 0; r < NO; ++r) {
-        const Vec<T> wk = splat(w[((o0 + r) * c + i) * f + k]);
+        const Vec<T> wk = splat(wi[k * NO + r]);
 #pragma GCC unroll 8
         for (int v = 0; v < NV; ++v) acc[r][v] += wk * x[v];
       }
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int r = 0; r < NO; ++r)
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) storeu(out + (o0 + r) * n + j0 + v * L, acc[r][v]);
 }
 
-// The last rem < L positions of NO rows, as one vector: u and out go through a small buffer, and the
-// input reads run up to L - 1 elements past the row (into the next row, or into the kSlack elements
-// every padded buffer carries after its last row); those lanes are discarded.
-template <typename T, int NO>
-inline void conv_block_tail(const Dims& d, const T* in_pad, const T* w, const T* bias, const T* base, int64_t o0,
+// The last rem < L positions of NO rows, as one vector: base and out go through a small buffer, and
+// the input reads run up to L - 1 elements past the row (into the next row, or into the kSlack
+// elements every padded buffer carries after its last row); those lanes are discarded.
+template <typename T, int NO, int F>
+inline void conv_block_tail(const Dims& d, const T* in_pad, const T* wp, const T* bias, const T* base, int64_t o0,
                             int64_t j0, int64_t rem, T* out) {
   constexpr int64_t L = kLanes<T>;
-  const int64_t c = d.c, f = d.f, n = d.n, npad = d.npad();
+  const int64_t c = d.c, f = F ? F : d.f, n = d.n, npad = d.npad();
   Vec<T> acc[NO];
   T buf[L] = {};
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int r = 0; r < NO; ++r) {
     if (base) std::memcpy(buf, base + (o0 + r) * n + j0, rem * sizeof(T));
     acc[r] = splat(bias ? bias[o0 + r] : T(0)) + loadu(buf);
   }
   for (int64_t i = 0; i < c; ++i) {
     const T* row = in_pad + i * npad + j0;
+    const T* wi = wp + i * f * NO;
+#pragma GCC unroll 16
     for (int64_t k = 0; k < f; ++k) {
       const Vec<T> x = loadu(row + k);
-#pragma GCC unroll 4
-      for (int r = 0; r < NO; ++r) acc[r] += splat(w[((o0 + r) * c + i) * f + k]) * x;
+#pragma GCC unroll 8
+      for (int r = 0; r < NO; ++r) acc[r] += splat(wi[k * NO + r]) * x;
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int r = 0; r < NO; ++r) {
     storeu(buf, acc[r]);
     std::memcpy(out + (o0 + r) * n + j0, buf, rem * sizeof(T));
   }
 }
 
-// All ring positions of NO output rows starting at o0: register blocks, then a scalar tail.
-template <typename T, int NO>
-inline void conv_row_group(const Dims& d, const T* in_pad, const T* w, const T* bias, const T* base, int64_t o0,
+// All ring positions of NO output rows starting at o0: register blocks, then a one-vector tail.
+template <typename T, int NO, int F>
+inline void conv_row_group(const Dims& d, const T* in_pad, const T* wp, const T* bias, const T* base, int64_t o0,
                            T* out) {
   constexpr int64_t L = kLanes<T>;
-  const int64_t c = d.c, f = d.f, n = d.n, npad = d.npad();
+  const int64_t n = d.n;
   int64_t j = 0;
-  for (; j + 4 * L <= n; j += 4 * L) conv_block<T, NO, 4>(d, in_pad, w, bias, base, o0, j, out);
-  for (; j + L <= n; j += L) conv_block<T, NO, 1>(d, in_pad, w, bias, base, o0, j, out);
-  if (j < n) conv_block_tail<T, NO>(d, in_pad, w, bias, base, o0, j, n - j, out);
+  for (; j + kConvVecs * L <= n; j += kConvVecs * L) conv_block<T, NO, kConvVecs, F>(d, in_pad, wp, bias, base, o0, j, out);
+  for (; j + L <= n; j += L) conv_block<T, NO, 1, F>(d, in_pad, wp, bias, base, o0, j, out);
+  if (j < n) conv_block_tail<T, NO, F>(d, in_pad, wp, bias, base, o0, j, n - j, out);
 }
 
-// The whole circular convolution of one sample: out [c][n] from in_pad [c][n + 2p].
-template <typename T>
-void conv_rows(const Dims& d, const T* in_pad, const T* w, const T* bias, const T* base, T* out) {
+// The whole circular convolution of one sample: out [c][n] from in_pad [c][n + 2p] and the taps
+// packed by pack_taps.
+template <typename T, int F>
+void conv_rows(const Dims& d, const T* in_pad, const T* packed, const T* bias, const T* base, T* out) {
+  const int64_t block_taps = d.c * d.f;  // taps per output row
   int64_t o = 0;
-  for (; o + 2 <= d.c; o += 2) conv_row_group<T, 2>(d, in_pad, w, bias, base, o, out);
-  for (; o < d.c; ++o) conv_row_group<T, 1>(d, in_pad, w, bias, base, o, out);
+  for (; o + kConvRows <= d.c; o += kConvRows)
+    conv_row_group<T, kConvRows, F>(d, in_pad, packed + o * block_taps, bias, base, o, out);
+  for (; o < d.c; ++o) conv_row_group<T, 1, F>(d, in_pad, packed + o * block_taps, bias, base, o, out);
 }
 
-// dW[o, m] += sum_j delta[o, j] * hprev_pad[i, j + k] over full vectors, m = i * f + k, for MB
-// weights at once (MB independent chains sharing each delta load), kept as per-lane vector sums.
-// dtail: the ring's last positions (n mod L of them) zero-padded to a vector, or null when none.
-template <typename T, int MB>
-inline void weight_grad_block(const Dims& d, const T* drow, const T* dtail, const T* hprev_pad, int64_t m0,
-                              int64_t nvec, Vec<T>* dWv_o) {
+// dW[o0 + r, i, k0 + q] += sum_j delta[o0 + r, j] * hprev_pad[i, j + k0 + q] for NR rows and KB taps,
+// as per-lane vector partials dWv [o][i][k]; the NR * KB chains share each delta and h load.
+// dtail: the rows' last n mod L positions zero-padded to one vector each ([NR][L]), or null.
+template <typename T, int NR, int KB>
+inline void weight_grad_block(const Dims& d, const T* delta_pad, const T* dtail, const T* hrow, int64_t o0,
+                              int64_t i, int64_t k0, int64_t nvec, Vec<T>* dWv) {
   constexpr int64_t L = kLanes<T>;
-  const T* hp[MB];
-  Vec<T> acc[MB];
+  const int64_t c = d.c, f = d.f, npad = d.npad();
+  Vec<T> acc[NR][KB];
+  const T* drow[NR];
 #pragma GCC unroll 8
-  for (int q = 0; q < MB; ++q) {
-    const int64_t m = m0 + q;
-    hp[q] = hprev_pad + (m / d.f) * d.npad() + (m % d.f);
-    acc[q] = dWv_o[m];
+  for (int r = 0; r < NR; ++r) {
+    drow[r] = delta_pad + (o0 + r) * npad + d.p;
+#pragma GCC unroll 8
+    for (int q = 0; q < KB; ++q) acc[r][q] = dWv[((o0 + r) * c + i) * f + k0 + q];
   }
-  for (int64_t v = 0; v < nvec; ++v) {
-    const Vec<T> dv = loadu(drow + v * L);
+  auto step = [&](const Vec<T>* dv, const T* h) {
+    Vec<T> hv[KB];
 #pragma GCC unroll 8
-    for (int q = 0; q < MB; ++q) acc[q] += dv * loadu(hp[q] + v * L);
+    for (int q = 0; q < KB; ++q) hv[q] = loadu(h + k0 + q);
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 8
+      for (int q = 0; q < KB; ++q) acc[r][q] += dv[r] * hv[q];
+  };
+  for (int64_t v = 0; v < nvec; ++v) {
+    Vec<T> dv[NR];
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) dv[r] = loadu(drow[r] + v * L);
+    step(dv, hrow + v * L);
   }
   if (dtail) {  // zero lanes past the ring end cancel whatever the h reads there return
-    const Vec<T> dv = loadu(dtail);
+    Vec<T> dv[NR];
 #pragma GCC unroll 8
-    for (int q = 0; q < MB; ++q) acc[q] += dv * loadu(hp[q] + nvec * L);
+    for (int r = 0; r < NR; ++r) dv[r] = loadu(dtail + (o0 + r) * L);
+    step(dv, hrow + nvec * L);
   }
 #pragma GCC unroll 8
-  for (int q = 0; q < MB; ++q) dWv_o[m0 + q] = acc[q];
+  for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 8
+    for (int q = 0; q < KB; ++q) dWv[((o0 + r) * c + i) * f + k0 + q] = acc[r][q];
+}
+
+// One step's weight-gradient partials for all (o, i, k): F taps at once when F is known at compile
+// time (3: the default), one tap at a time otherwise.
+template <typename T, int F>
+void weight_grad_step(const Dims& d, const T* delta_pad, const T* dtail, const T* hprev_pad, int64_t nvec,
+                      Vec<T>* dWv) {
+  const int64_t c = d.c, npad = d.npad();
+  auto rows = [&](auto nr, int64_t o0) {
+    constexpr int NR = decltype(nr)::value;
+    for (int64_t i = 0; i < c; ++i) {
+      const T* hrow = hprev_pad + i * npad;
+      if constexpr (F > 0) {
+        weight_grad_block<T, NR, F>(d, delta_pad, dtail, hrow, o0, i, 0, nvec, dWv);
+      } else {
+        for (int64_t k = 0; k < d.f; ++k) weight_grad_block<T, NR, 1>(d, delta_pad, dtail, hrow, o0, i, k, nvec, dWv);
+      }
+    }
+  };
+  int64_t o = 0;
+  for (; o + kGradRows <= c; o += kGradRows) rows(std::integral_constant<int, kGradRows>{}, o);
+  for (; o < c; ++o) rows(std::integral_constant<int, 1>{}, o);
 }
 
 // Circular padding of row r (its n values already at [p, p + n)): position q holds (q - p) mod n.
@@ -247,9 +328,10 @@ struct Input {
   }
 };
 
-template <typename T, Act A>
+template <typename T, Act A, int F>
 void forward(const Dims& d, const Input<T>& in, const T* W, const T* bias, const T* h0, T* H, T* h_last) {
   const int64_t cn = d.cn(), cpad = d.c * d.npad();
+  const std::vector<T> taps = pack_taps(d, W, false);
   at::parallel_for(0, d.B, 1, [&](int64_t lo, int64_t hi) {
     std::vector<T> pad(2 * cpad + kSlack), pre(cn), ubuf(in.u ? 0 : cn);
     for (int64_t b = lo; b < hi; ++b) {
@@ -257,7 +339,7 @@ void forward(const Dims& d, const Input<T>& in, const T* W, const T* bias, const
       T* nxt = pad.data() + cpad;
       load_padded(d, h0 + b * cn, cur);
       for (int64_t t = 0; t < d.T; ++t) {
-        conv_rows(d, cur, W, bias, in.at(d, t, b, ubuf.data()), pre.data());
+        conv_rows<T, F>(d, cur, taps.data(), bias, in.at(d, t, b, ubuf.data()), pre.data());
         T* out = H ? H + (t * d.B + b) * cn : (t == d.T - 1 ? h_last + b * cn : nullptr);
         for (int64_t o = 0; o < d.c; ++o) {
           T* row = nxt + o * d.npad();
@@ -285,21 +367,18 @@ struct Grads {
   T* grad_h0 = nullptr;        // [B, c, n]
 };
 
-template <typename T, Act A>
+template <typename T, Act A, int F>
 void backward(const Dims& d, const Input<T>& in, const T* gH, const T* H, const T* h0, const T* W,
               const Grads<T>& g) {
   constexpr int64_t L = kLanes<T>;
   const int64_t c = d.c, n = d.n, f = d.f, p = d.p, npad = d.npad(), cn = d.cn(), cpad = c * npad;
   const int64_t nw = c * c * f;
   // Transposed, flipped taps: dL/dh_{t-1}[i, m] = sum_{o, k} Wt[i, o, k] * delta_pad[o, m + k].
-  std::vector<T> Wt(nw);
-  for (int64_t o = 0; o < c; ++o)
-    for (int64_t i = 0; i < c; ++i)
-      for (int64_t k = 0; k < f; ++k) Wt[(i * c + o) * f + k] = W[(o * c + i) * f + (f - 1 - k)];
+  const std::vector<T> taps_t = pack_taps(d, W, true);
   const int64_t nvec = n / L;  // full vectors per ring row; the tail is one zero-padded vector
 
   at::parallel_for(0, d.B, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<T> delta_pad(cpad + kSlack), hprev_pad(cpad + kSlack), grec(cn);
+    std::vector<T> delta_pad(cpad + kSlack), hprev_pad(cpad + kSlack), grec(cn), dtail(c * L);
     std::vector<Vec<T>> dWv(nw);
     for (int64_t b = lo; b < hi; ++b) {
       double* dW = g.dW + b * nw;
@@ -352,16 +431,12 @@ void backward(const Dims& d, const Input<T>& in, const T* gH, const T* H, const 
         }
         // dW[o, i, k] += sum_j delta[o, j] * hprev_pad[i, j + k]: vector partials per weight
         load_padded(d, hprev, hprev_pad.data());
-        const int64_t cf = c * f, rem = n - nvec * L;
-        for (int64_t o = 0; o < c; ++o) {
-          const T* drow = delta_pad.data() + o * npad + p;
-          T dtail[L] = {};
-          if (rem) std::memcpy(dtail, drow + nvec * L, rem * sizeof(T));
-          const T* dt = rem ? dtail : nullptr;
-          int64_t m = 0;
-          for (; m + 8 <= cf; m += 8) weight_grad_block<T, 8>(d, drow, dt, hprev_pad.data(), m, nvec, dWv.data() + o * cf);
-          for (; m < cf; ++m) weight_grad_block<T, 1>(d, drow, dt, hprev_pad.data(), m, nvec, dWv.data() + o * cf);
-        }
+        const int64_t rem = n - nvec * L;
+        if (rem)
+          for (int64_t o = 0; o < c; ++o)
+            std::memcpy(dtail.data() + o * L, delta_pad.data() + o * npad + p + nvec * L, rem * sizeof(T));
+        weight_grad_step<T, F>(d, delta_pad.data(), rem ? dtail.data() : nullptr, hprev_pad.data(), nvec,
+                               dWv.data());
         if (t % kFlushSteps == 0) {  // move the float partials into the double accumulator
           for (int64_t w = 0; w < nw; ++w) {
             dW[w] += hsum<T>(dWv[w]);
@@ -369,11 +444,18 @@ void backward(const Dims& d, const Input<T>& in, const T* gH, const T* H, const 
           }
         }
         // recurrent term for step t - 1 (at t = 0 it is dL/dh0)
-        conv_rows(d, delta_pad.data(), Wt.data(), static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
+        conv_rows<T, F>(d, delta_pad.data(), taps_t.data(), static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
                   t > 0 ? grec.data() : g.grad_h0 + b * cn);
       }
     }
   });
+}
+
+// Kernel size as a compile-time constant where it is the common one (3), else 0 (read at run time).
+template <typename Fn>
+void dispatch_taps(int64_t f, Fn&& fn) {
+  if (f == 3) fn(std::integral_constant<int, 3>{});
+  else fn(std::integral_constant<int, 0>{});
 }
 
 template <typename Fn>
@@ -416,16 +498,19 @@ at::Tensor run_forward(const char* op, const Dims& d, const at::Tensor& u, const
   const auto opts = ref.options();
   if (d.T == 0) return return_all ? at::empty({0, d.B, d.c, d.n}, opts) : h0.clone();
   at::Tensor out = return_all ? at::empty({d.T, d.B, d.c, d.n}, opts) : at::empty({d.B, d.c, d.n}, opts);
+  advise_huge_pages(out.data_ptr(), out.nbytes());
   at::Tensor Vt = V.defined() ? V.t().contiguous() : V;
   auto W = weight.contiguous(), bi = bias.contiguous(), hh = h0.contiguous();
   AT_DISPATCH_FLOATING_TYPES(ref.scalar_type(), "wave_rnn_fwd_cpu", [&] {
     Input<scalar_t> in = u.defined() ? Input<scalar_t>{u.const_data_ptr<scalar_t>()}
                                      : projected_input<scalar_t>(x, Vt, bV);
     dispatch_activation(act, [&](auto a) {
-      forward<scalar_t, decltype(a)::value>(d, in, W.const_data_ptr<scalar_t>(), bi.const_data_ptr<scalar_t>(),
-                                            hh.const_data_ptr<scalar_t>(),
-                                            return_all ? out.mutable_data_ptr<scalar_t>() : nullptr,
-                                            return_all ? nullptr : out.mutable_data_ptr<scalar_t>());
+      dispatch_taps(d.f, [&](auto taps) {
+        forward<scalar_t, decltype(a)::value, decltype(taps)::value>(
+            d, in, W.const_data_ptr<scalar_t>(), bi.const_data_ptr<scalar_t>(), hh.const_data_ptr<scalar_t>(),
+            return_all ? out.mutable_data_ptr<scalar_t>() : nullptr,
+            return_all ? nullptr : out.mutable_data_ptr<scalar_t>());
+      });
     });
   });
   return out;
@@ -467,6 +552,7 @@ std::vector<at::Tensor> run_backward(const char* op, const Dims& d, const at::Te
   auto dopts = H.options().dtype(at::kDouble);
   at::Tensor grad_u = proj ? at::Tensor() : at::empty({d.T, d.B, d.c, d.n}, H.options());
   at::Tensor grad_x = proj ? at::empty({d.T, d.B, d.n_inp}, H.options()) : at::Tensor();
+  if (!proj) advise_huge_pages(grad_u.data_ptr(), grad_u.nbytes());
   at::Tensor grad_h0 = at::zeros({d.B, d.c, d.n}, H.options());
   at::Tensor dW = at::zeros({d.B, nw}, dopts), db = at::zeros({d.B, d.c}, dopts);
   at::Tensor dVt = proj ? at::zeros({d.B, d.n_inp, d.cn()}, dopts) : at::Tensor();
@@ -484,8 +570,11 @@ std::vector<at::Tensor> run_backward(const char* op, const Dims& d, const at::Te
       g.dbV = proj ? dbV.mutable_data_ptr<double>() : nullptr;
       g.grad_h0 = grad_h0.mutable_data_ptr<scalar_t>();
       dispatch_activation(act, [&](auto a) {
-        backward<scalar_t, decltype(a)::value>(d, in, gH.const_data_ptr<scalar_t>(), H.const_data_ptr<scalar_t>(),
-                                               h0.const_data_ptr<scalar_t>(), W.const_data_ptr<scalar_t>(), g);
+        dispatch_taps(d.f, [&](auto taps) {
+          backward<scalar_t, decltype(a)::value, decltype(taps)::value>(
+              d, in, gH.const_data_ptr<scalar_t>(), H.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
+              W.const_data_ptr<scalar_t>(), g);
+        });
       });
     });
   }
