@@ -115,5 +115,10 @@ def exact_power(x0: torch.Tensor, omega: torch.Tensor, K: torch.Tensor, ts, mask
         Bm = m[:, None] * Bm * m[None, :]
     lam, V = torch.linalg.eig(Bm)
     c = torch.linalg.solve(V, x0.to(torch.complex128).reshape(n))
-    t = torch.as_tensor(list(ts), dtype=torch.float64)
-    return (V[None] * (lam[None, :] ** t[:, None])[:, None, :] * c[None, None, :]).sum(-1)
+    ts = list(ts)
+    powers, p = [], torch.ones_like(lam)  # lam^t by repeated products (0^0 = 1 for the masked nodes' zeros)
+    for t in range(max(ts) + 1 if ts else 0):
+        powers.append(p)
+        p = p * lam
+    lam_t = torch.stack([powers[t] for t in ts]) if ts else lam.new_zeros(0, n)
+    return (V[None] * lam_t[:, None, :] * c[None, None, :]).sum(-1)
