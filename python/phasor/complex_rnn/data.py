@@ -46,8 +46,9 @@ def _place(templates, gen, size=CANVAS, max_tries=10_000):
                 ok = False
                 break
             labels[r:r + h, c:c + w][tpl] = k
-            grown = torch.nn.functional.max_pool2d(tpl[None, None].float(), 3, 1, 1)[0, 0].bool()
-            halo[r:r + h + 2, c:c + w + 2] |= torch.nn.functional.pad(grown, (1, 1, 1, 1))[0:h + 2, 0:w + 2]
+            # the shape grown by 1 px covers canvas rows r-1 .. r+h, i.e. halo rows r .. r+h+1
+            padded = torch.nn.functional.pad(tpl.float(), (1, 1, 1, 1))
+            halo[r:r + h + 2, c:c + w + 2] |= torch.nn.functional.max_pool2d(padded[None, None], 3, 1, 1)[0, 0].bool()
         if ok:
             return labels
     raise RuntimeError("could not place the shapes without overlap")
@@ -80,7 +81,7 @@ def natural_images(size: int = 64) -> torch.Tensor:
     from sklearn.datasets import load_sample_images
     out = []
     for rgb in load_sample_images().images:
-        gray = torch.as_tensor(rgb, dtype=torch.float64).mean(-1)
+        gray = torch.tensor(rgb, dtype=torch.float64).mean(-1)
         h, w = gray.shape
         s = min(h, w)
         gray = gray[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
