@@ -8,7 +8,9 @@
 //   2. columns: Y = G_r T         -- the same filter across rows (a stride of one padded row),
 //   3. update:  X <- m (i omega X + alpha Y), with the running max |X|^2 for the renormalisation.
 // Both filters are `filter_block`: a block of output vectors accumulated in registers over the taps
-// (GCC vector extensions, 32 bytes: AVX2 in the avx2 build, two SSE halves in the base one). Only
+// (GCC vector extensions, 32 bytes: AVX2 in the avx2 build, two SSE halves in the base one); along
+// rows one vector of 4 rows (so a block's tap range stays within W + L - 1), across rows 4 vectors
+// of one row (with the exact range of real rows). Only
 // taps above 1e-20 (double) / 1e-12 (float) of the centre are kept (complex_rnn.h: band_radius), so
 // layer 2's local coupling costs a stencil and layer 1's near-global one two small GEMMs.
 // Zero padding (the sheet has no wrap) is stored: rw zero columns each side of a state row, rh zero
@@ -44,55 +46,69 @@ using cpu_vec::PHASOR_CPU_ISA::splat;
 using cpu_vec::PHASOR_CPU_ISA::storeu;
 using cpu_vec::PHASOR_CPU_ISA::Vec;
 
-// out[v*L .. v*L + L) = sum_k g[k] * src[k * stride + v*L ..] for NV vectors of the real and the
-// imaginary plane at once (2 * NV independent accumulator chains).
-// Only taps k0 <= k < k1 are summed (the others read zero padding for every output of the block).
-template <typename T, int NV>
-inline void filter_block(const T* sr, const T* si, int64_t stride, const T* g, int64_t k0, int64_t k1, T* outr,
-                         T* outi) {
+// out[r * ostride + v*L ..] = sum_{k0 <= k < k1} g[k] * src[r * rstride + k * tstride + v*L ..] for R rows
+// of NV vectors, real and imaginary planes at once (2 * R * NV independent accumulator chains, enough
+// to cover the FMA latency). Taps outside [k0, k1) would only read zero padding for the whole block.
+template <typename T, int R, int NV>
+inline void filter_block(const T* sr, const T* si, int64_t tstride, int64_t rstride, const T* g, int64_t k0,
+                         int64_t k1, T* outr, T* outi, int64_t ostride) {
   constexpr int64_t L = kLanes<T>;
-  Vec<T> ar[NV], ai[NV];
-#pragma GCC unroll 8
-  for (int v = 0; v < NV; ++v) ar[v] = ai[v] = Vec<T>{};
+  Vec<T> ar[R][NV], ai[R][NV];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) ar[r][v] = ai[r][v] = Vec<T>{};
   for (int64_t k = k0; k < k1; ++k) {
     const Vec<T> gk = splat(g[k]);
-    const T* pr = sr + k * stride;
-    const T* pi = si + k * stride;
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-      ar[v] += gk * loadu(pr + v * L);
-      ai[v] += gk * loadu(pi + v * L);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const T* pr = sr + r * rstride + k * tstride;
+      const T* pi = si + r * rstride + k * tstride;
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        ar[r][v] += gk * loadu(pr + v * L);
+        ai[r][v] += gk * loadu(pi + v * L);
+      }
     }
   }
-#pragma GCC unroll 8
-  for (int v = 0; v < NV; ++v) {
-    storeu(outr + v * L, ar[v]);
-    storeu(outi + v * L, ai[v]);
-  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      storeu(outr + r * ostride + v * L, ar[r][v]);
+      storeu(outi + r * ostride + v * L, ai[r][v]);
+    }
 }
 
-// One output row of width Wv (a multiple of L) by filter_block, in blocks of 4 vectors then 1.
-// Along the row (stride 1, radius r over W valid inputs) the taps that only meet zero padding for a
-// whole block are skipped; across rows (stride > 1) the caller passes the row's exact tap range.
+// Across rows: output row h of width Wv (a multiple of L) from the rows h + k of src (row stride Wv),
+// taps [k0, k1) (the caller's exact range: the rows that are not zero padding), 4 vectors then 1.
 template <typename T>
-inline void filter_row(const T* sr, const T* si, int64_t stride, const T* g, int64_t k0, int64_t k1, int64_t r,
-                       int64_t W, int64_t Wv, T* outr, T* outi) {
+inline void filter_across_rows(const T* sr, const T* si, int64_t Wv, const T* g, int64_t k0, int64_t k1, T* outr,
+                               T* outi) {
   constexpr int64_t L = kLanes<T>;
-  auto range = [&](int64_t w0, int64_t width, int64_t& a, int64_t& b) {
-    a = k0, b = k1;
-    if (stride != 1) return;
-    const int64_t lo = r - (w0 + width - 1), hi = r + W - w0;  // 0 <= w + k - r < W for some w in the block
-    a = lo > k0 ? lo : k0;
-    b = hi < k1 ? hi : k1;
-  };
-  int64_t w = 0, a, b;
-  for (; w + 4 * L <= Wv; w += 4 * L) {
-    range(w, 4 * L, a, b);
-    filter_block<T, 4>(sr + w, si + w, stride, g, a, b, outr + w, outi + w);
-  }
-  for (; w < Wv; w += L) {
-    range(w, L, a, b);
-    filter_block<T, 1>(sr + w, si + w, stride, g, a, b, outr + w, outi + w);
+  int64_t w = 0;
+  for (; w + 4 * L <= Wv; w += 4 * L) filter_block<T, 1, 4>(sr + w, si + w, Wv, 0, g, k0, k1, outr + w, outi + w, 0);
+  for (; w < Wv; w += L) filter_block<T, 1, 1>(sr + w, si + w, Wv, 0, g, k0, k1, outr + w, outi + w, 0);
+}
+
+// Along rows: for H rows of the padded state (row stride Wp, value of column w at w + r), the 1-D
+// filter of radius r into out (row stride Wv). One vector of L outputs at a time, for 4 rows at
+// once: the taps that meet a real column for some lane, 0 <= w + k - r < W, are at most W + L - 1
+// (a wider block of outputs would widen that range, which for layer 1's full band doubles the work).
+template <typename T>
+inline void filter_along_rows(const T* sr, const T* si, int64_t H, int64_t Wp, const T* g, int64_t r, int64_t W,
+                              int64_t Wv, T* outr, T* outi) {
+  constexpr int64_t L = kLanes<T>;
+  for (int64_t w = 0; w < Wv; w += L) {
+    const int64_t lo = r - (w + L - 1), hi = r + W - w;
+    const int64_t k0 = lo > 0 ? lo : 0, k1 = hi < 2 * r + 1 ? hi : 2 * r + 1;
+    int64_t h = 0;
+    for (; h + 4 <= H; h += 4)
+      filter_block<T, 4, 1>(sr + h * Wp + w, si + h * Wp + w, 1, Wp, g, k0, k1, outr + h * Wv + w, outi + h * Wv + w,
+                            Wv);
+    for (; h < H; ++h)
+      filter_block<T, 1, 1>(sr + h * Wp + w, si + h * Wp + w, 1, Wp, g, k0, k1, outr + h * Wv + w, outi + h * Wv + w,
+                            Wv);
   }
 }
 
@@ -206,14 +222,12 @@ void run_separable(const Dims& d, const c10::complex<T>* x0, const T* omega, con
     if (st.wants(0)) save_initial(st, x0 + ib, d.HW());
     T s = 1;  // the true state is s * stored state
     for (int64_t t = 1; t < d.stop; ++t) {
-      for (int64_t h = 0; h < H; ++h)
-        filter_row(xr.data() + h * Wp, xi.data() + h * Wp, 1, gw.data(), 0, 2 * rw + 1, rw, W, Wv,
-                   tr.data() + (h + rh) * Wv, ti.data() + (h + rh) * Wv);
+      filter_along_rows(xr.data(), xi.data(), H, Wp, gw.data(), rw, W, Wv, tr.data() + rh * Wv, ti.data() + rh * Wv);
       for (int64_t h = 0; h < H; ++h) {
         // T row h + k - rh is a real row (not padding) for rh - h <= k < rh + H - h
         const int64_t k0 = rh - h > 0 ? rh - h : 0, k1 = rh + H - h < 2 * rh + 1 ? rh + H - h : 2 * rh + 1;
-        filter_row(tr.data() + h * Wv, ti.data() + h * Wv, Wv, gh.data(), k0, k1, rh, H, Wv, yr.data() + h * Wv,
-                   yi.data() + h * Wv);
+        filter_across_rows(tr.data() + h * Wv, ti.data() + h * Wv, Wv, gh.data(), k0, k1, yr.data() + h * Wv,
+                           yi.data() + h * Wv);
       }
       T m2 = 0;
       for (int64_t h = 0; h < H; ++h) {
