@@ -8,19 +8,17 @@
 namespace phasor::cvrnn {
 namespace {
 
-bool use_avx2() { return active_cpu_isa() == CpuIsa::Avx2; }
-
 at::Tensor run(const at::Tensor& x0, const at::Tensor& omega, const c10::optional<at::Tensor>& mask, double alpha,
                double sigma, int64_t steps, bool renorm, int64_t start, int64_t stop, bool save_phase) {
-  return (use_avx2() ? &avx2::cvrnn_run_cpu : &base::cvrnn_run_cpu)(x0, omega, mask, alpha, sigma, steps, renorm,
-                                                                     start, stop, save_phase);
+  auto f = for_active_isa(&base::cvrnn_run_cpu, &avx2::cvrnn_run_cpu, &avx512::cvrnn_run_cpu);
+  return f(x0, omega, mask, alpha, sigma, steps, renorm, start, stop, save_phase);
 }
 
 at::Tensor run_dense(const at::Tensor& x0, const at::Tensor& omega, const at::Tensor& K,
                      const c10::optional<at::Tensor>& mask, int64_t steps, bool renorm, int64_t start, int64_t stop,
                      bool save_phase) {
-  return (use_avx2() ? &avx2::cvrnn_run_dense_cpu : &base::cvrnn_run_dense_cpu)(x0, omega, K, mask, steps, renorm,
-                                                                                 start, stop, save_phase);
+  auto f = for_active_isa(&base::cvrnn_run_dense_cpu, &avx2::cvrnn_run_dense_cpu, &avx512::cvrnn_run_dense_cpu);
+  return f(x0, omega, K, mask, steps, renorm, start, stop, save_phase);
 }
 
 }  // namespace

@@ -16,5 +16,6 @@ namespace phasor::cvrnn {
 
 PHASOR_CVRNN_CPU_ENTRY_POINTS(base)
 PHASOR_CVRNN_CPU_ENTRY_POINTS(avx2)
+PHASOR_CVRNN_CPU_ENTRY_POINTS(avx512)
 
 }  // namespace phasor::cvrnn

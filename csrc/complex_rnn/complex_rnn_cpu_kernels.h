@@ -1,5 +1,5 @@
 // CPU kernels of the cv-RNN recurrence (separable Gaussian sheet and dense coupling), forward only.
-// Compiled once per instruction set (complex_rnn_cpu_{base,avx2}.cpp define PHASOR_CPU_ISA).
+// Compiled once per instruction set (complex_rnn_cpu_{base,avx2,avx512}.cpp define PHASOR_CPU_ISA).
 //
 // Images are independent, so threads split the batch (at::parallel_for) and each runs the whole
 // S-step run for its images with the state in per-thread buffers that stay in L1/L2. The complex
@@ -8,7 +8,7 @@
 //   2. columns: Y = G_r T         -- the same filter across rows (a stride of one padded row),
 //   3. update:  X <- m (i omega X + alpha Y), with the running max |X|^2 for the renormalisation.
 // Both filters are `filter_block`: a block of output vectors accumulated in registers over the taps
-// (GCC vector extensions, 32 bytes: AVX2 in the avx2 build, two SSE halves in the base one); along
+// (GCC vector extensions of common/cpu_vec.h); along
 // rows one vector of 4 rows (so a block's tap range stays within W + L - 1), across rows 4 vectors
 // of one row (with the exact range of real rows). Only
 // taps above 1e-20 (double) / 1e-12 (float) of the centre are kept (complex_rnn.h: band_radius), so
@@ -35,16 +35,19 @@
 // this differs from the AVX calling convention, which no caller outside this file ever sees.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
+// 32-byte vectors in every build: along rows a block's tap range grows with the vector width, and
+// 64-byte vectors measured 1.4-2.6x slower in the avx512 build.
+#define PHASOR_VEC_BYTES 32
 #include "common/cpu_vec.h"
 
 namespace phasor::cvrnn::PHASOR_CPU_ISA {
 namespace {
 
-using cpu_vec::PHASOR_CPU_ISA::kLanes;
-using cpu_vec::PHASOR_CPU_ISA::loadu;
-using cpu_vec::PHASOR_CPU_ISA::splat;
-using cpu_vec::PHASOR_CPU_ISA::storeu;
-using cpu_vec::PHASOR_CPU_ISA::Vec;
+using cpu_vec::kLanes;
+using cpu_vec::loadu;
+using cpu_vec::splat;
+using cpu_vec::storeu;
+using cpu_vec::Vec;
 
 // out[r * ostride + v*L ..] = sum_{k0 <= k < k1} g[k] * src[r * rstride + k * tstride + v*L ..] for R rows
 // of NV vectors, real and imaginary planes at once (2 * R * NV independent accumulator chains, enough

@@ -32,56 +32,21 @@
 // this differs from the AVX calling convention, which no caller outside this file ever sees.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
+#include "common/cpu_vec.h"
+
 namespace phasor::wave::PHASOR_CPU_ISA {
 namespace {
 
+using cpu_vec::hsum;
+using cpu_vec::kLanes;
+using cpu_vec::loadu;
+using cpu_vec::splat;
+using cpu_vec::storeu;
+using cpu_vec::Vec;
+
 constexpr int64_t kFlushSteps = 16;  // float weight-gradient partials are moved to double this often
-#ifdef __AVX512F__
-constexpr int kVecBytes = 64;
-#else
-constexpr int kVecBytes = 32;
-#endif
 // Elements after the last row of every padded buffer, so a vector read of a ring's tail stays inside.
-constexpr int64_t kSlack = kVecBytes / sizeof(float);
-
-// GCC vector types of kVecBytes (an alias template cannot carry the attribute for a dependent type).
-template <typename T>
-struct VecOf;
-template <>
-struct VecOf<float> {
-  typedef float type __attribute__((vector_size(kVecBytes)));
-};
-template <>
-struct VecOf<double> {
-  typedef double type __attribute__((vector_size(kVecBytes)));
-};
-template <typename T>
-using Vec = typename VecOf<T>::type;
-template <typename T>
-constexpr int64_t kLanes = kVecBytes / sizeof(T);
-
-template <typename T>
-inline Vec<T> loadu(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename T>
-inline void storeu(T* p, Vec<T> v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-template <typename T>
-inline Vec<T> splat(T x) {
-  Vec<T> v;  // lane by lane (GCC emits one broadcast); `Vec<T>{} + x` would keep a real add of +0
-  for (int64_t l = 0; l < kLanes<T>; ++l) v[l] = x;
-  return v;
-}
-template <typename T>
-inline double hsum(Vec<T> v) {
-  double s = 0;
-  for (int64_t l = 0; l < kLanes<T>; ++l) s += v[l];
-  return s;
-}
+constexpr int64_t kSlack = kLanes<float>;
 
 // Register blocking of the convolution: NO output rows x NV vectors of ring positions stay in
 // registers (NO * NV accumulator chains cover the FMA latency; each input vector loaded feeds NO
