@@ -1,0 +1,367 @@
+// CPU kernels of GTA attention, forward and recomputation backward. Compiled once per instruction set
+// (gta_cpu_{base,avx2}.cpp define PHASOR_CPU_ISA); gta_cpu.cpp picks one at run time. Math: gta.h.
+//
+// Forward: K and V are transformed once per (batch, head) into scratch buffers ([B,H,Nk,d], O(N) memory;
+// every query tile reuses them), then threads take (batch, head, query tile) items: the Q tile is
+// transformed in the prologue, key tiles are streamed with an online softmax (the Nq x Nk scores never
+// exist), and P is applied to the normalised output in the epilogue.
+// Backward (FlashAttention-2 recomputation from lse): one pass over key tiles accumulates dK~, dV~, one
+// over query tiles dQ~ (and o~ for the SE(3) gradient); then per (batch, view) the 4x4 gradients are
+// reduced in a fixed order and the transposed transforms map dQ~, dK~, dV~ back. No atomics, so the
+// results do not depend on the thread count.
+#include "gta/gta_cpu_entry.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#ifndef PHASOR_CPU_ISA
+#error "define PHASOR_CPU_ISA (the namespace of this instruction-set variant) before including"
+#endif
+
+namespace phasor::gta::PHASOR_CPU_ISA {
+namespace {
+
+constexpr int64_t kBQ = 32;  // query rows per work item
+constexpr int64_t kBK = 64;  // keys per streamed tile
+
+template <typename T>
+struct Geo {
+  const T *q_se3, *k_se3, *q_so3, *k_so3, *q_pos, *k_pos, *freqs;
+};
+
+// The operator on one token: y = mul * blockdiag(I, M4 (or M4^T), M8 (or M8^T), R(sign * phi)) x.
+// Safe in place (each block is read before it is written).
+template <typename T>
+struct TokenOp {
+  const T* m4;
+  const T* m8;
+  const T* pos;
+  bool transpose;
+  T sign;
+};
+
+template <typename T>
+inline void apply_token(const Dims& D, const T* freqs, const TokenOp<T>& op, T mul, const T* x, T* y) {
+  for (int64_t c = 0; c < D.triv; ++c) y[c] = mul * x[c];
+  int64_t o = D.triv;
+  for (int64_t ch = 0; ch < D.se3; ch += 4) {
+    T xs[4], ys[4];
+    for (int c = 0; c < 4; ++c) xs[c] = x[o + ch + c];
+    for (int r = 0; r < 4; ++r) {
+      T acc = 0;
+      for (int c = 0; c < 4; ++c) acc += (op.transpose ? op.m4[c * 4 + r] : op.m4[r * 4 + c]) * xs[c];
+      ys[r] = acc;
+    }
+    for (int r = 0; r < 4; ++r) y[o + ch + r] = mul * ys[r];
+  }
+  o += D.se3;
+  for (int64_t ch = 0; ch < D.so3; ch += 8) {
+    T xs[8], ys[8];
+    for (int c = 0; c < 8; ++c) xs[c] = x[o + ch + c];
+    for (int r = 0; r < 8; ++r) {
+      T acc = 0;
+      for (int c = 0; c < 8; ++c) acc += (op.transpose ? op.m8[c * 8 + r] : op.m8[r * 8 + c]) * xs[c];
+      ys[r] = acc;
+    }
+    for (int r = 0; r < 8; ++r) y[o + ch + r] = mul * ys[r];
+  }
+  o += D.so3;
+  for (int64_t p = 0; p < D.so2 / 2; ++p) {
+    const T phi = op.sign * op.pos[p & 1] * freqs[p >> 1];
+    const T c = std::cos(phi), s = std::sin(phi);
+    const T x0 = x[o + 2 * p], x1 = x[o + 2 * p + 1];
+    y[o + 2 * p] = mul * (c * x0 - s * x1);
+    y[o + 2 * p + 1] = mul * (s * x0 + c * x1);
+  }
+}
+
+// Token i of batch b on the query side (P: q_se3, q_so3, R(-phi)) or key side (P^-1: k_se3, k_so3, R(phi)).
+template <typename T>
+inline TokenOp<T> q_op(const Dims& D, const Geo<T>& g, int64_t b, int64_t i, bool transpose, T sign) {
+  const int64_t view = b * D.Vq + i / D.tq();
+  return {g.q_se3 + view * 16, g.q_so3 + view * 64, g.q_pos + (b * D.Nq + i) * 2, transpose, sign};
+}
+template <typename T>
+inline TokenOp<T> k_op(const Dims& D, const Geo<T>& g, int64_t b, int64_t j, bool transpose, T sign) {
+  const int64_t view = b * D.Vk + j / D.tk();
+  return {g.k_se3 + view * 16, g.k_so3 + view * 64, g.k_pos + (b * D.Nk + j) * 2, transpose, sign};
+}
+
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t n) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t c = 0; c < n; ++c) acc += a[c] * b[c];
+  return acc;
+}
+template <typename T>
+inline void axpy(T a, const T* x, T* y, int64_t n) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) y[c] += a * x[c];
+}
+
+// K~ = P^-1 K and V~ = P^-1 V (or V itself) for every (batch, head, key token).
+template <typename T>
+void transform_kv(const Dims& D, const Geo<T>& g, const T* k, const T* v, bool v_transform, T* kt, T* vt) {
+  const int64_t d = D.d;
+  at::parallel_for(0, D.B * D.H * D.Nk, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / (D.H * D.Nk), j = r % D.Nk;
+      const auto op = k_op(D, g, b, j, false, T(1));
+      apply_token(D, g.freqs, op, T(1), k + r * d, kt + r * d);
+      if (v_transform) apply_token(D, g.freqs, op, T(1), v + r * d, vt + r * d);
+      else for (int64_t c = 0; c < d; ++c) vt[r * d + c] = v[r * d + c];
+    }
+  });
+}
+
+// logits of rows qt[0..nq) against keys kt[j0..j0+nk) (masked keys -inf) into s[nq][kBK]
+template <typename T>
+inline void tile_logits(const Dims& D, const T* qt, const T* kt, const bool* mask, int64_t nq, int64_t j0,
+                        int64_t nk, T* s) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  for (int64_t r = 0; r < nq; ++r)
+    for (int64_t j = 0; j < nk; ++j)
+      s[r * kBK + j] = (mask && !mask[j0 + j]) ? ninf : dot(qt + r * D.d, kt + (j0 + j) * D.d, D.d);
+}
+
+template <typename T>
+void forward(const Dims& D, const Geo<T>& g, const T* q, const T* kt, const T* vt, const bool* mask_all, T scale,
+             bool v_transform, T* out, T* lse) {
+  const int64_t d = D.d, nqt = (D.Nq + kBQ - 1) / kBQ;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  at::parallel_for(0, D.B * D.H * nqt, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> qt(kBQ * d), acc(kBQ * d), s(kBQ * kBK), m(kBQ), l(kBQ);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t bh = item / nqt, i0 = (item % nqt) * kBQ, b = bh / D.H;
+      const int64_t nq = std::min(kBQ, D.Nq - i0);
+      const T* qb = q + (bh * D.Nq + i0) * d;
+      const T* ktb = kt + bh * D.Nk * d;
+      const T* vtb = vt + bh * D.Nk * d;
+      const bool* mask = mask_all ? mask_all + b * D.Nk : nullptr;
+      for (int64_t r = 0; r < nq; ++r) {
+        apply_token(D, g.freqs, q_op(D, g, b, i0 + r, true, T(1)), scale, qb + r * d, qt.data() + r * d);
+        m[r] = ninf, l[r] = 0;
+        for (int64_t c = 0; c < d; ++c) acc[r * d + c] = 0;
+      }
+      for (int64_t j0 = 0; j0 < D.Nk; j0 += kBK) {
+        const int64_t nk = std::min(kBK, D.Nk - j0);
+        tile_logits(D, qt.data(), ktb, mask, nq, j0, nk, s.data());
+        for (int64_t r = 0; r < nq; ++r) {
+          T* sr = s.data() + r * kBK;
+          T mx = m[r];
+          for (int64_t j = 0; j < nk; ++j) mx = sr[j] > mx ? sr[j] : mx;
+          if (mx == ninf) continue;  // every key so far masked
+          const T alpha = std::exp(m[r] - mx);  // 0 on the first live tile (m = -inf)
+          T* ar = acc.data() + r * d;
+          if (alpha != T(1))
+            for (int64_t c = 0; c < d; ++c) ar[c] *= alpha;
+          T sum = 0;
+          for (int64_t j = 0; j < nk; ++j) {
+            const T p = std::exp(sr[j] - mx);
+            sum += p;
+            if (p != T(0)) axpy(p, vtb + (j0 + j) * d, ar, d);
+          }
+          l[r] = l[r] * alpha + sum;
+          m[r] = mx;
+        }
+      }
+      for (int64_t r = 0; r < nq; ++r) {
+        T* orow = out + (bh * D.Nq + i0 + r) * d;
+        T* ar = acc.data() + r * d;
+        if (l[r] == T(0)) {  // no key to attend to: output 0, lse -inf
+          for (int64_t c = 0; c < d; ++c) orow[c] = 0;
+          lse[bh * D.Nq + i0 + r] = ninf;
+          continue;
+        }
+        const T inv = T(1) / l[r];
+        if (v_transform) apply_token(D, g.freqs, q_op(D, g, b, i0 + r, false, T(-1)), inv, ar, orow);
+        else for (int64_t c = 0; c < d; ++c) orow[c] = inv * ar[c];
+        lse[bh * D.Nq + i0 + r] = m[r] + std::log(l[r]);
+      }
+    }
+  });
+}
+
+template <typename T>
+inline T prob(T logit, T lse) { return lse == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(logit - lse); }
+
+// dK~ and dV~ by key tiles; every query is streamed once per key tile.
+template <typename T>
+void backward_kv(const Dims& D, const T* qt, const T* dot_t, const T* Dv, const T* lse, const T* kt, const T* vt,
+                 const bool* mask_all, T* dkt, T* dvt) {
+  const int64_t d = D.d, nkt = (D.Nk + kBK - 1) / kBK;
+  at::parallel_for(0, D.B * D.H * nkt, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t bh = item / nkt, j0 = (item % nkt) * kBK, b = bh / D.H;
+      const int64_t nk = std::min(kBK, D.Nk - j0);
+      const bool* mask = mask_all ? mask_all + b * D.Nk : nullptr;
+      T* dk = dkt + (bh * D.Nk + j0) * d;
+      T* dv = dvt + (bh * D.Nk + j0) * d;
+      for (int64_t c = 0; c < nk * d; ++c) dk[c] = 0, dv[c] = 0;
+      for (int64_t i = 0; i < D.Nq; ++i) {
+        const int64_t row = bh * D.Nq + i;
+        if (lse[row] == -std::numeric_limits<T>::infinity()) continue;
+        const T* qi = qt + row * d;
+        const T* doi = dot_t + row * d;
+        for (int64_t j = 0; j < nk; ++j) {
+          if (mask && !mask[j0 + j]) continue;
+          const int64_t col = bh * D.Nk + j0 + j;
+          const T p = prob(dot(qi, kt + col * d, d), lse[row]);
+          const T ds = p * (dot(doi, vt + col * d, d) - Dv[row]);
+          axpy(p, doi, dv + j * d, d);
+          axpy(ds, qi, dk + j * d, d);
+        }
+      }
+    }
+  });
+}
+
+// dQ~ (scaled back to dL/d(P^T q)) and, when needed, o~ by query tiles.
+template <typename T>
+void backward_q(const Dims& D, const T* qt, const T* dot_t, const T* Dv, const T* lse, const T* kt, const T* vt,
+                const bool* mask_all, T scale, T* dqt, T* ot) {
+  const int64_t d = D.d;
+  at::parallel_for(0, D.B * D.H * D.Nq, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t bh = row / D.Nq, b = bh / D.H;
+      const bool* mask = mask_all ? mask_all + b * D.Nk : nullptr;
+      T* dq = dqt + row * d;
+      T* o = ot ? ot + row * d : nullptr;
+      for (int64_t c = 0; c < d; ++c) dq[c] = 0;
+      if (o)
+        for (int64_t c = 0; c < d; ++c) o[c] = 0;
+      if (lse[row] == -std::numeric_limits<T>::infinity()) continue;
+      const T* qi = qt + row * d;
+      const T* doi = dot_t + row * d;
+      for (int64_t j = 0; j < D.Nk; ++j) {
+        if (mask && !mask[j]) continue;
+        const int64_t col = bh * D.Nk + j;
+        const T p = prob(dot(qi, kt + col * d, d), lse[row]);
+        const T ds = p * (dot(doi, vt + col * d, d) - Dv[row]);
+        axpy(ds * scale, kt + col * d, dq, d);
+        if (o) axpy(p, vt + col * d, o, d);
+      }
+    }
+  });
+}
+
+// sum over heads, tokens of the view and 4-chunks of a[r] * b[c] (the 4x4 outer products of one site)
+template <typename T>
+inline void add_outer4(const Dims& D, const T* a, const T* b, int64_t bb, int64_t N, int64_t t0, int64_t t1,
+                       double* acc) {
+  for (int64_t h = 0; h < D.H; ++h)
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t off = ((bb * D.H + h) * N + t) * D.d + D.triv;
+      for (int64_t ch = 0; ch < D.se3; ch += 4)
+        for (int r = 0; r < 4; ++r)
+          for (int c = 0; c < 4; ++c) acc[r * 4 + c] += double(a[off + ch + r]) * double(b[off + ch + c]);
+    }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> gta_fwd_cpu(const Dims& D, const at::Tensor& q, const at::Tensor& k,
+                                               const at::Tensor& v, const GeoTensors& geo,
+                                               const std::optional<at::Tensor>& key_mask, double scale,
+                                               bool v_transform) {
+  auto out = at::empty(q.sizes(), q.options());
+  auto lse = at::empty({D.B, D.H, D.Nq}, q.options());
+  auto kt = at::empty(k.sizes(), k.options()), vt = at::empty(v.sizes(), v.options());
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gta_attention_fwd", [&] {
+    const Geo<scalar_t> g{geo.q_se3.data_ptr<scalar_t>(), geo.k_se3.data_ptr<scalar_t>(),
+                          geo.q_so3.data_ptr<scalar_t>(), geo.k_so3.data_ptr<scalar_t>(),
+                          geo.q_pos.data_ptr<scalar_t>(), geo.k_pos.data_ptr<scalar_t>(),
+                          geo.freqs.data_ptr<scalar_t>()};
+    const bool* mask = key_mask ? key_mask->data_ptr<bool>() : nullptr;
+    transform_kv(D, g, k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), v_transform, kt.data_ptr<scalar_t>(),
+                 vt.data_ptr<scalar_t>());
+    forward(D, g, q.data_ptr<scalar_t>(), kt.data_ptr<scalar_t>(), vt.data_ptr<scalar_t>(), mask,
+            scalar_t(scale), v_transform, out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gta_bwd_cpu(
+    const Dims& D, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const GeoTensors& geo, const std::optional<at::Tensor>& key_mask,
+    double scale, bool v_transform) {
+  auto dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options());
+  auto dv = at::empty(v.sizes(), v.options());
+  auto dq_se3 = at::zeros(geo.q_se3.sizes(), geo.q_se3.options());
+  auto dk_se3 = at::zeros(geo.k_se3.sizes(), geo.k_se3.options());
+  auto qt = at::empty(q.sizes(), q.options()), dot_t = at::empty(q.sizes(), q.options());
+  auto Dv = at::empty({D.B, D.H, D.Nq}, q.options());
+  auto kt = at::empty(k.sizes(), k.options()), vt = at::empty(v.sizes(), v.options());
+  const bool need_ot = v_transform && D.se3 > 0;
+  auto ot = need_ot ? at::empty(q.sizes(), q.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gta_attention_bwd", [&] {
+    using T = scalar_t;
+    const Geo<T> g{geo.q_se3.data_ptr<T>(), geo.k_se3.data_ptr<T>(), geo.q_so3.data_ptr<T>(),
+                   geo.k_so3.data_ptr<T>(), geo.q_pos.data_ptr<T>(), geo.k_pos.data_ptr<T>(), geo.freqs.data_ptr<T>()};
+    const bool* mask = key_mask ? key_mask->data_ptr<bool>() : nullptr;
+    const int64_t d = D.d;
+    const T* qp = q.data_ptr<T>();
+    const T* gop = grad_out.data_ptr<T>();
+    const T* op = out.data_ptr<T>();
+    T *qtp = qt.data_ptr<T>(), *dotp = dot_t.data_ptr<T>(), *Dvp = Dv.data_ptr<T>();
+    // query-side prologue: q~ (scaled), do~ = P^T dO, and D_i = dO_i . O_i (= do~_i . o~_i)
+    at::parallel_for(0, D.B * D.H * D.Nq, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t b = row / (D.H * D.Nq), i = row % D.Nq;
+        apply_token(D, g.freqs, q_op(D, g, b, i, true, T(1)), T(scale), qp + row * d, qtp + row * d);
+        if (v_transform) apply_token(D, g.freqs, q_op(D, g, b, i, true, T(1)), T(1), gop + row * d, dotp + row * d);
+        else for (int64_t c = 0; c < d; ++c) dotp[row * d + c] = gop[row * d + c];
+        Dvp[row] = dot(gop + row * d, op + row * d, d);
+      }
+    });
+    transform_kv(D, g, k.data_ptr<T>(), v.data_ptr<T>(), v_transform, kt.data_ptr<T>(), vt.data_ptr<T>());
+    backward_kv(D, qtp, dotp, Dvp, lse.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), mask, dk.data_ptr<T>(),
+                dv.data_ptr<T>());
+    backward_q(D, qtp, dotp, Dvp, lse.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), mask, T(scale),
+               dq.data_ptr<T>(), need_ot ? ot.data_ptr<T>() : nullptr);
+    // per (batch, view): 4x4 gradients in a fixed order, then the transposed transforms in place
+    T *dqp = dq.data_ptr<T>(), *dkp = dk.data_ptr<T>(), *dvp = dv.data_ptr<T>();
+    const T *kp = k.data_ptr<T>(), *vp = v.data_ptr<T>();
+    at::parallel_for(0, D.B * D.Vq, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bv = begin; bv < end; ++bv) {
+        const int64_t b = bv / D.Vq, t0 = (bv % D.Vq) * D.tq(), t1 = t0 + D.tq();
+        double acc[16] = {};
+        add_outer4(D, qp, dqp, b, D.Nq, t0, t1, acc);  // q~ = P^T q: dP += q dq~^T
+        if (need_ot) add_outer4(D, gop, ot.data_ptr<T>(), b, D.Nq, t0, t1, acc);  // O = P o~: dP += dO o~^T
+        for (int c = 0; c < 16; ++c) dq_se3.data_ptr<T>()[bv * 16 + c] = T(acc[c]);
+        for (int64_t h = 0; h < D.H; ++h)
+          for (int64_t t = t0; t < t1; ++t) {
+            T* x = dqp + ((b * D.H + h) * D.Nq + t) * d;
+            apply_token(D, g.freqs, q_op(D, g, b, t, false, T(-1)), T(1), x, x);
+          }
+      }
+    });
+    at::parallel_for(0, D.B * D.Vk, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bv = begin; bv < end; ++bv) {
+        const int64_t b = bv / D.Vk, t0 = (bv % D.Vk) * D.tk(), t1 = t0 + D.tk();
+        double acc[16] = {};
+        add_outer4(D, dkp, kp, b, D.Nk, t0, t1, acc);  // k~ = P^-1 k: dP^-1 += dk~ k^T
+        if (v_transform) add_outer4(D, dvp, vp, b, D.Nk, t0, t1, acc);
+        for (int c = 0; c < 16; ++c) dk_se3.data_ptr<T>()[bv * 16 + c] = T(acc[c]);
+        for (int64_t h = 0; h < D.H; ++h)
+          for (int64_t t = t0; t < t1; ++t) {
+            const int64_t off = ((b * D.H + h) * D.Nk + t) * d;
+            const auto kop = k_op(D, g, b, t, true, T(-1));
+            apply_token(D, g.freqs, kop, T(1), dkp + off, dkp + off);
+            if (v_transform) apply_token(D, g.freqs, kop, T(1), dvp + off, dvp + off);
+          }
+      }
+    });
+  });
+  return {dq, dk, dv, dq_se3, dk_se3};
+}
+
+}  // namespace phasor::gta::PHASOR_CPU_ISA
