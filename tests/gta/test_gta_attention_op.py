@@ -159,7 +159,7 @@ def test_bad_inputs():
     assert_bad_input(f, q, k, v, q_se3, k_se3[:, :2], *args[5:], dims, names=("k_se3", "k_so3"))  # views differ
     assert_bad_input(f, q, k, v, q_se3, k_se3[:, :1].expand(1, 4, 4, 4), q_so3, k_so3[:, :1].expand(1, 4, 8, 8),
                      *args[7:], dims, names="Nk")  # 6 key tokens do not split into 4 views
-    assert_bad_input(f, q, k, v, q_se3.expand(1, 3, 4, 4), k_se3, q_so3.expand(1, 3, 8, 8), *args[6:], dims,
+    assert_bad_input(f, q, k, v, q_se3[:, :1].expand(1, 3, 4, 4), k_se3, q_so3[:, :1].expand(1, 3, 8, 8), *args[6:], dims,
                      names="Nq")                                                  # 4 tokens do not split into 3 views
     assert_bad_input(f, q, k[..., :-1], v, *args[3:], dims, names="k")
     assert_bad_input(f, *args, dims, torch.ones(1, 6), names="key_mask")
