@@ -165,7 +165,7 @@ def test_bad_inputs():
     assert_bad_input(f, *args, dims, torch.ones(1, 6), names="key_mask")
     assert_bad_input(f, q.float(), k.float(), v.float(), *args[3:], dims, names="q_se3")
     assert_bad_input(f, q.half(), k.half(), v.half(), *[a.float() for a in args[3:]], dims, names="q")
-    assert_bad_input(f, *args[:9], freqs[:1], dims, names="freqs")
+    assert_bad_input(f, *args[:9], torch.cat([freqs, freqs]), dims, names="freqs")
 
 
 @pytest.mark.parametrize("device", device_params())
