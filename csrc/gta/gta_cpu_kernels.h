@@ -122,14 +122,58 @@ void transform_kv(const Dims& D, const Geo<T>& g, const T* k, const T* v, bool v
   });
 }
 
-// logits of rows qt[0..nq) against keys kt[j0..j0+nk) (masked keys -inf) into s[nq][kBK]
+// out[r][j] = rows[r] . cols[j] for nr rows against the nk columns given transposed (colsT[c][kBK]):
+// the inner loop runs over j, so it vectorises without horizontal sums. Four partial sums over the
+// channels (c mod 4) keep the rounding error of long head dims near that of a blocked GEMM (the
+// backward's do~ . v~ - D cancels, so it matters there).
 template <typename T>
-inline void tile_logits(const Dims& D, const T* qt, const T* kt, const bool* mask, int64_t nq, int64_t j0,
+inline void tile_dots(const T* rows, int64_t nr, const T* colsT, int64_t nk, int64_t d, T* out) {
+  alignas(64) T part[4][kBK];
+  for (int64_t r = 0; r < nr; ++r) {
+    const T* a = rows + r * d;
+    for (int p = 0; p < 4; ++p)
+      for (int64_t j = 0; j < nk; ++j) part[p][j] = 0;
+    int64_t c = 0;
+    for (; c + 4 <= d; c += 4) {
+      const T a0 = a[c], a1 = a[c + 1], a2 = a[c + 2], a3 = a[c + 3];
+      const T *c0 = colsT + c * kBK, *c1 = c0 + kBK, *c2 = c1 + kBK, *c3 = c2 + kBK;
+#pragma omp simd
+      for (int64_t j = 0; j < nk; ++j) {
+        part[0][j] += a0 * c0[j];
+        part[1][j] += a1 * c1[j];
+        part[2][j] += a2 * c2[j];
+        part[3][j] += a3 * c3[j];
+      }
+    }
+    for (; c < d; ++c) {
+      const T ac = a[c];
+      const T* col = colsT + c * kBK;
+#pragma omp simd
+      for (int64_t j = 0; j < nk; ++j) part[0][j] += ac * col[j];
+    }
+    T* o = out + r * kBK;
+#pragma omp simd
+    for (int64_t j = 0; j < nk; ++j) o[j] = (part[0][j] + part[1][j]) + (part[2][j] + part[3][j]);
+  }
+}
+
+// dst[c][kBK] = src[j][c] for the nk rows of a key tile
+template <typename T>
+inline void transpose_tile(const T* src, int64_t nk, int64_t d, T* dst) {
+  for (int64_t j = 0; j < nk; ++j)
+    for (int64_t c = 0; c < d; ++c) dst[c * kBK + j] = src[j * d + c];
+}
+
+// logits of rows qt[0..nq) against keys j0..j0+nk (transposed tile kT; masked keys -inf) into s[nq][kBK]
+template <typename T>
+inline void tile_logits(const Dims& D, const T* qt, const T* kT, const bool* mask, int64_t nq, int64_t j0,
                         int64_t nk, T* s) {
+  tile_dots(qt, nq, kT, nk, D.d, s);
+  if (!mask) return;
   const T ninf = -std::numeric_limits<T>::infinity();
   for (int64_t r = 0; r < nq; ++r)
     for (int64_t j = 0; j < nk; ++j)
-      s[r * kBK + j] = (mask && !mask[j0 + j]) ? ninf : dot(qt + r * D.d, kt + (j0 + j) * D.d, D.d);
+      if (!mask[j0 + j]) s[r * kBK + j] = ninf;
 }
 
 template <typename T>
@@ -138,7 +182,7 @@ void forward(const Dims& D, const Geo<T>& g, const T* q, const T* kt, const T* v
   const int64_t d = D.d, nqt = (D.Nq + kBQ - 1) / kBQ;
   const T ninf = -std::numeric_limits<T>::infinity();
   at::parallel_for(0, D.B * D.H * nqt, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> qt(kBQ * d), acc(kBQ * d), s(kBQ * kBK), m(kBQ), l(kBQ);
+    std::vector<T> qt(kBQ * d), acc(kBQ * d), s(kBQ * kBK), m(kBQ), l(kBQ), kT(d * kBK);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bh = item / nqt, i0 = (item % nqt) * kBQ, b = bh / D.H;
       const int64_t nq = std::min(kBQ, D.Nq - i0);
@@ -153,7 +197,8 @@ void forward(const Dims& D, const Geo<T>& g, const T* q, const T* kt, const T* v
       }
       for (int64_t j0 = 0; j0 < D.Nk; j0 += kBK) {
         const int64_t nk = std::min(kBK, D.Nk - j0);
-        tile_logits(D, qt.data(), ktb, mask, nq, j0, nk, s.data());
+        transpose_tile(ktb + j0 * d, nk, d, kT.data());
+        tile_logits(D, qt.data(), kT.data(), mask, nq, j0, nk, s.data());
         for (int64_t r = 0; r < nq; ++r) {
           T* sr = s.data() + r * kBK;
           T mx = m[r];
@@ -193,12 +238,28 @@ void forward(const Dims& D, const Geo<T>& g, const T* q, const T* kt, const T* v
 template <typename T>
 inline T prob(T logit, T lse) { return lse == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(logit - lse); }
 
-// dK~ and dV~ by key tiles; every query is streamed once per key tile.
+// P and dS of a (query block x key tile): p = exp(s - lse) (0 for masked keys / empty rows),
+// ds = p * (do~ . v~ - D). s holds the logits on entry; dp gets dS.
+template <typename T>
+inline void tile_probs(const Dims& D, const T* dot_rows, const T* vT, const T* Dv, const T* lse, const bool* mask,
+                       int64_t nq, int64_t j0, int64_t nk, T* s, T* dp) {
+  tile_dots(dot_rows, nq, vT, nk, D.d, dp);
+  for (int64_t r = 0; r < nq; ++r)
+    for (int64_t j = 0; j < nk; ++j) {
+      const bool live = !(mask && !mask[j0 + j]);
+      const T p = live ? prob(s[r * kBK + j], lse[r]) : T(0);
+      s[r * kBK + j] = p;
+      dp[r * kBK + j] = p * (dp[r * kBK + j] - Dv[r]);
+    }
+}
+
+// dK~ and dV~ by key tiles; queries are streamed in blocks of kBQ.
 template <typename T>
 void backward_kv(const Dims& D, const T* qt, const T* dot_t, const T* Dv, const T* lse, const T* kt, const T* vt,
                  const bool* mask_all, T* dkt, T* dvt) {
   const int64_t d = D.d, nkt = (D.Nk + kBK - 1) / kBK;
   at::parallel_for(0, D.B * D.H * nkt, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> kT(d * kBK), vT(d * kBK), s(kBQ * kBK), dp(kBQ * kBK);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bh = item / nkt, j0 = (item % nkt) * kBK, b = bh / D.H;
       const int64_t nk = std::min(kBK, D.Nk - j0);
@@ -206,19 +267,18 @@ void backward_kv(const Dims& D, const T* qt, const T* dot_t, const T* Dv, const 
       T* dk = dkt + (bh * D.Nk + j0) * d;
       T* dv = dvt + (bh * D.Nk + j0) * d;
       for (int64_t c = 0; c < nk * d; ++c) dk[c] = 0, dv[c] = 0;
-      for (int64_t i = 0; i < D.Nq; ++i) {
-        const int64_t row = bh * D.Nq + i;
-        if (lse[row] == -std::numeric_limits<T>::infinity()) continue;
-        const T* qi = qt + row * d;
-        const T* doi = dot_t + row * d;
-        for (int64_t j = 0; j < nk; ++j) {
-          if (mask && !mask[j0 + j]) continue;
-          const int64_t col = bh * D.Nk + j0 + j;
-          const T p = prob(dot(qi, kt + col * d, d), lse[row]);
-          const T ds = p * (dot(doi, vt + col * d, d) - Dv[row]);
-          axpy(p, doi, dv + j * d, d);
-          axpy(ds, qi, dk + j * d, d);
-        }
+      transpose_tile(kt + (bh * D.Nk + j0) * d, nk, d, kT.data());
+      transpose_tile(vt + (bh * D.Nk + j0) * d, nk, d, vT.data());
+      for (int64_t i0 = 0; i0 < D.Nq; i0 += kBQ) {
+        const int64_t nq = std::min(kBQ, D.Nq - i0), row0 = bh * D.Nq + i0;
+        tile_dots(qt + row0 * d, nq, kT.data(), nk, d, s.data());
+        tile_probs(D, dot_t + row0 * d, vT.data(), Dv + row0, lse + row0, mask, nq, j0, nk, s.data(), dp.data());
+        for (int64_t r = 0; r < nq; ++r)
+          for (int64_t j = 0; j < nk; ++j) {
+            const T p = s[r * kBK + j], ds = dp[r * kBK + j];
+            if (p != T(0)) axpy(p, dot_t + (row0 + r) * d, dv + j * d, d);
+            if (ds != T(0)) axpy(ds, qt + (row0 + r) * d, dk + j * d, d);
+          }
       }
     }
   });
@@ -228,26 +288,32 @@ void backward_kv(const Dims& D, const T* qt, const T* dot_t, const T* Dv, const 
 template <typename T>
 void backward_q(const Dims& D, const T* qt, const T* dot_t, const T* Dv, const T* lse, const T* kt, const T* vt,
                 const bool* mask_all, T scale, T* dqt, T* ot) {
-  const int64_t d = D.d;
-  at::parallel_for(0, D.B * D.H * D.Nq, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t bh = row / D.Nq, b = bh / D.H;
+  const int64_t d = D.d, nqt = (D.Nq + kBQ - 1) / kBQ;
+  at::parallel_for(0, D.B * D.H * nqt, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> kT(d * kBK), vT(d * kBK), s(kBQ * kBK), dp(kBQ * kBK);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t bh = item / nqt, i0 = (item % nqt) * kBQ, b = bh / D.H;
+      const int64_t nq = std::min(kBQ, D.Nq - i0), row0 = bh * D.Nq + i0;
       const bool* mask = mask_all ? mask_all + b * D.Nk : nullptr;
-      T* dq = dqt + row * d;
-      T* o = ot ? ot + row * d : nullptr;
-      for (int64_t c = 0; c < d; ++c) dq[c] = 0;
+      T* dq = dqt + row0 * d;
+      T* o = ot ? ot + row0 * d : nullptr;
+      for (int64_t c = 0; c < nq * d; ++c) dq[c] = 0;
       if (o)
-        for (int64_t c = 0; c < d; ++c) o[c] = 0;
-      if (lse[row] == -std::numeric_limits<T>::infinity()) continue;
-      const T* qi = qt + row * d;
-      const T* doi = dot_t + row * d;
-      for (int64_t j = 0; j < D.Nk; ++j) {
-        if (mask && !mask[j]) continue;
-        const int64_t col = bh * D.Nk + j;
-        const T p = prob(dot(qi, kt + col * d, d), lse[row]);
-        const T ds = p * (dot(doi, vt + col * d, d) - Dv[row]);
-        axpy(ds * scale, kt + col * d, dq, d);
-        if (o) axpy(p, vt + col * d, o, d);
+        for (int64_t c = 0; c < nq * d; ++c) o[c] = 0;
+      for (int64_t j0 = 0; j0 < D.Nk; j0 += kBK) {
+        const int64_t nk = std::min(kBK, D.Nk - j0);
+        const T* ktile = kt + (bh * D.Nk + j0) * d;
+        const T* vtile = vt + (bh * D.Nk + j0) * d;
+        transpose_tile(ktile, nk, d, kT.data());
+        transpose_tile(vtile, nk, d, vT.data());
+        tile_dots(qt + row0 * d, nq, kT.data(), nk, d, s.data());
+        tile_probs(D, dot_t + row0 * d, vT.data(), Dv + row0, lse + row0, mask, nq, j0, nk, s.data(), dp.data());
+        for (int64_t r = 0; r < nq; ++r)
+          for (int64_t j = 0; j < nk; ++j) {
+            const T p = s[r * kBK + j], ds = dp[r * kBK + j];
+            if (ds != T(0)) axpy(ds * scale, ktile + j * d, dq + r * d, d);
+            if (o && p != T(0)) axpy(p, vtile + j * d, o + r * d, d);
+          }
       }
     }
   });
