@@ -35,13 +35,13 @@ class Config:
     train_scenes: int = 4000
     test_scenes: int = 128
     size: int = 32
-    steps: int = 1000
-    batch: int = 12
+    steps: int = 1800
+    batch: int = 8
     rays: int = 256  # target pixels per scene per step
-    lr: float = 4e-4
+    lr: float = 6e-4
     warmup: int = 100
     weight_decay: float = 0.01
-    eval_every: int = 200
+    eval_every: int = 300
     eval_scenes: int = 32  # scenes of the test set scored during training (all at the end)
     checkpoint_every: int = 50
     threads: int = 0
@@ -146,7 +146,7 @@ def train_run(kind, cfg, train, test, log=print):
     result = {"kind": kind, "test_psnr": test_psnr, "parameters": count_parameters(model),
               "final_train_loss": history["loss"][-1], "steps": cfg.steps,
               "seconds": secs_before + time.time() - t0, "history": history,
-              "trans_coeff": [float(m.trans_coeff) for m in model.modules() if getattr(m, "trans_coeff", None) is not None]}
+              "trans_coeff": [m.trans_coeff.item() for m in model.modules() if getattr(m, "trans_coeff", None) is not None]}
     save(cfg.steps, result)
     log(f"{kind}: test PSNR {test_psnr:.2f} dB ({result['seconds']:.0f}s)")
     return result, model
