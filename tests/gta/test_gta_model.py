@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from gta_cases import random_extrinsics
 from helpers import check_compile
 from phasor.gta import data, model, reps
 from phasor.gta.nn import GTAttention, GTABlock, Geometry
@@ -33,10 +34,9 @@ def test_layer_fused_equals_eager_reference(dims, vt):
 def test_self_attention_layer_invariant_to_world_frame():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(1, 8, 32, generator=gen)
-    g = _geo(1, 2, 8, gen)
-    T = data.random_cameras(1, 1, gen).double()
+    E, T = random_extrinsics(1, 2, gen=gen), random_extrinsics(1, 1, gen=gen)  # rigid to float64 precision
+    pos = torch.rand(1, 8, 2, generator=gen, dtype=torch.float64)
     layer = GTAttention(32, 1, (0, 16, 8, 8)).double()
-    E, pos = g.E.double(), g.pos.double()
     torch.testing.assert_close(layer(x.double(), Geometry(E, pos)),
                                layer(x.double(), Geometry(E @ reps.rigid_inverse(T), pos)), rtol=1e-9, atol=1e-9)
 
