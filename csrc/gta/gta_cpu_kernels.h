@@ -18,12 +18,18 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
 #ifndef PHASOR_CPU_ISA
 #error "define PHASOR_CPU_ISA (the namespace of this instruction-set variant) before including"
 #endif
+
+// The base build passes 32-byte vectors between inline helpers in two SSE halves; GCC warns that this
+// differs from the AVX calling convention, which no caller outside this file ever sees.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace phasor::gta::PHASOR_CPU_ISA {
 namespace {
@@ -94,6 +100,53 @@ inline TokenOp<T> k_op(const Dims& D, const Geo<T>& g, int64_t b, int64_t j, boo
   return {g.k_se3 + view * 16, g.k_so3 + view * 64, g.k_pos + (b * D.Nk + j) * 2, transpose, sign};
 }
 
+// exp(x) from arithmetic and bit operations only, so loops over it vectorise under omp simd (libm's
+// exp is a scalar call): x = k ln2 + r, |r| <= ln2/2, exp(r) by its Taylor polynomial (degree 7 for
+// float, 13 for double: truncation below half an ulp), 2^k assembled in the exponent bits. exp(-inf)
+// and anything below the smallest normal result give 0.
+template <typename T>
+struct ExpTraits;
+template <>
+struct ExpTraits<float> {
+  using I = int32_t;
+  static constexpr int kDegree = 7, kMant = 23, kBias = 127;
+  static constexpr float kLo = -87.0f, kHi = 88.0f;
+  static constexpr float kLn2Hi = 0.693145751953125f, kLn2Lo = 1.428606765330187e-06f;
+  static constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
+  static constexpr float kInv[8] = {0.f, 1.f, 1.f / 2, 1.f / 3, 1.f / 4, 1.f / 5, 1.f / 6, 1.f / 7};
+};
+template <>
+struct ExpTraits<double> {
+  using I = int64_t;
+  static constexpr int kDegree = 13, kMant = 52, kBias = 1023;
+  static constexpr double kLo = -708.0, kHi = 709.0;
+  static constexpr double kLn2Hi = 0.6931471803691238, kLn2Lo = 1.9082149292705877e-10;
+  static constexpr double kMagic = 6755399441055744.0;  // 1.5 * 2^52
+  static constexpr double kInv[14] = {0., 1., 1. / 2, 1. / 3, 1. / 4, 1. / 5, 1. / 6, 1. / 7, 1. / 8, 1. / 9,
+                                      1. / 10, 1. / 11, 1. / 12, 1. / 13};
+};
+
+template <typename T>
+inline T vexp(T x) {
+  using E = ExpTraits<T>;
+  using I = typename E::I;
+  const bool under = !(x >= E::kLo);
+  x = x < E::kLo ? E::kLo : (x > E::kHi ? E::kHi : x);
+  // round x / ln2 to an integer k by the magic-number trick (no rounding call): k sits in the low
+  // mantissa bits of t, which the shift below moves into the exponent field of 2^k
+  const T t = x * T(1.4426950408889634) + E::kMagic;
+  const T kf = t - E::kMagic;
+  const T r = (x - kf * E::kLn2Hi) - kf * E::kLn2Lo;
+  T poly = T(1);
+  for (int n = E::kDegree; n >= 1; --n) poly = T(1) + poly * r * E::kInv[n];
+  I ti;
+  std::memcpy(&ti, &t, sizeof(T));
+  const I bits = (ti + E::kBias) << E::kMant;
+  T scale;
+  std::memcpy(&scale, &bits, sizeof(T));
+  return under ? T(0) : poly * scale;
+}
+
 template <typename T>
 inline T dot(const T* a, const T* b, int64_t n) {
   T acc = 0;
@@ -122,38 +175,55 @@ void transform_kv(const Dims& D, const Geo<T>& g, const T* k, const T* v, bool v
   });
 }
 
-// out[r][j] = rows[r] . cols[j] for nr rows against the nk columns given transposed (colsT[c][kBK]):
-// the inner loop runs over j, so it vectorises without horizontal sums. Four partial sums over the
-// channels (c mod 4) keep the rounding error of long head dims near that of a blocked GEMM (the
-// backward's do~ . v~ - D cancels, so it matters there).
+// 32-byte GCC vector types (AVX2 registers in the avx2 build, SSE pairs in the base one).
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  typedef float type __attribute__((vector_size(32)));
+};
+template <>
+struct VecOf<double> {
+  typedef double type __attribute__((vector_size(32)));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+
+// out[r][j] = rows[r] . cols[j] for nr rows against the nk columns given transposed (colsT[c][kBK]),
+// register-blocked: 2 rows x one vector of columns, with four partial sums over the channels (c mod 4)
+// in 8 vector accumulators; each loaded column vector feeds both rows. The partial sums keep the
+// rounding error of long head dims near that of a blocked GEMM (the backward's do~ . v~ - D cancels,
+// and the backward's logits must equal the forward's bit for bit, so every product goes through here).
+// Columns past nk (up to the next vector) come from stale tile memory and are ignored by the callers.
 template <typename T>
 inline void tile_dots(const T* rows, int64_t nr, const T* colsT, int64_t nk, int64_t d, T* out) {
-  alignas(64) T part[4][kBK];
-  for (int64_t r = 0; r < nr; ++r) {
-    const T* a = rows + r * d;
-    for (int p = 0; p < 4; ++p)
-      for (int64_t j = 0; j < nk; ++j) part[p][j] = 0;
-    int64_t c = 0;
-    for (; c + 4 <= d; c += 4) {
-      const T a0 = a[c], a1 = a[c + 1], a2 = a[c + 2], a3 = a[c + 3];
-      const T *c0 = colsT + c * kBK, *c1 = c0 + kBK, *c2 = c1 + kBK, *c3 = c2 + kBK;
-#pragma omp simd
-      for (int64_t j = 0; j < nk; ++j) {
-        part[0][j] += a0 * c0[j];
-        part[1][j] += a1 * c1[j];
-        part[2][j] += a2 * c2[j];
-        part[3][j] += a3 * c3[j];
+  constexpr int64_t L = 32 / sizeof(T);
+  static_assert(kBK % L == 0, "key tile must be a multiple of the vector width");
+  for (int64_t r0 = 0; r0 < nr; r0 += 2) {
+    const T* a = rows + r0 * d;
+    const T* b = rows + std::min(r0 + 1, nr - 1) * d;
+    for (int64_t jb = 0; jb < nk; jb += L) {
+      Vec<T> pa[4] = {}, pb[4] = {};
+      int64_t c = 0;
+      for (; c + 4 <= d; c += 4) {
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; ++u) {
+          Vec<T> k;
+          std::memcpy(&k, colsT + (c + u) * kBK + jb, sizeof(k));
+          pa[u] += a[c + u] * k;
+          pb[u] += b[c + u] * k;
+        }
       }
+      for (; c < d; ++c) {
+        Vec<T> k;
+        std::memcpy(&k, colsT + c * kBK + jb, sizeof(k));
+        pa[0] += a[c] * k;
+        pb[0] += b[c] * k;
+      }
+      const Vec<T> ra = (pa[0] + pa[1]) + (pa[2] + pa[3]), rb = (pb[0] + pb[1]) + (pb[2] + pb[3]);
+      std::memcpy(out + r0 * kBK + jb, &ra, sizeof(ra));
+      if (r0 + 1 < nr) std::memcpy(out + (r0 + 1) * kBK + jb, &rb, sizeof(rb));
     }
-    for (; c < d; ++c) {
-      const T ac = a[c];
-      const T* col = colsT + c * kBK;
-#pragma omp simd
-      for (int64_t j = 0; j < nk; ++j) part[0][j] += ac * col[j];
-    }
-    T* o = out + r * kBK;
-#pragma omp simd
-    for (int64_t j = 0; j < nk; ++j) o[j] = (part[0][j] + part[1][j]) + (part[2][j] + part[3][j]);
   }
 }
 
@@ -202,18 +272,21 @@ void forward(const Dims& D, const Geo<T>& g, const T* q, const T* kt, const T* v
         for (int64_t r = 0; r < nq; ++r) {
           T* sr = s.data() + r * kBK;
           T mx = m[r];
+#pragma omp simd reduction(max : mx)
           for (int64_t j = 0; j < nk; ++j) mx = sr[j] > mx ? sr[j] : mx;
           if (mx == ninf) continue;  // every key so far masked
-          const T alpha = std::exp(m[r] - mx);  // 0 on the first live tile (m = -inf)
+          const T alpha = vexp(m[r] - mx);  // 0 on the first live tile (m = -inf)
           T* ar = acc.data() + r * d;
           if (alpha != T(1))
             for (int64_t c = 0; c < d; ++c) ar[c] *= alpha;
           T sum = 0;
+#pragma omp simd reduction(+ : sum)
           for (int64_t j = 0; j < nk; ++j) {
-            const T p = std::exp(sr[j] - mx);
-            sum += p;
-            if (p != T(0)) axpy(p, vtb + (j0 + j) * d, ar, d);
+            sr[j] = vexp(sr[j] - mx);
+            sum += sr[j];
           }
+          for (int64_t j = 0; j < nk; ++j)
+            if (sr[j] != T(0)) axpy(sr[j], vtb + (j0 + j) * d, ar, d);
           l[r] = l[r] * alpha + sum;
           m[r] = mx;
         }
@@ -235,22 +308,29 @@ void forward(const Dims& D, const Geo<T>& g, const T* q, const T* kt, const T* v
   });
 }
 
-template <typename T>
-inline T prob(T logit, T lse) { return lse == -std::numeric_limits<T>::infinity() ? T(0) : std::exp(logit - lse); }
-
-// P and dS of a (query block x key tile): p = exp(s - lse) (0 for masked keys / empty rows),
-// ds = p * (do~ . v~ - D). s holds the logits on entry; dp gets dS.
+// P and dS of a (query block x key tile): p = exp(s - lse) (0 for masked keys and for queries without
+// keys, lse = -inf), ds = p * (do~ . v~ - D). s holds the logits on entry and P on exit; dp gets dS.
 template <typename T>
 inline void tile_probs(const Dims& D, const T* dot_rows, const T* vT, const T* Dv, const T* lse, const bool* mask,
                        int64_t nq, int64_t j0, int64_t nk, T* s, T* dp) {
   tile_dots(dot_rows, nq, vT, nk, D.d, dp);
-  for (int64_t r = 0; r < nq; ++r)
-    for (int64_t j = 0; j < nk; ++j) {
-      const bool live = !(mask && !mask[j0 + j]);
-      const T p = live ? prob(s[r * kBK + j], lse[r]) : T(0);
-      s[r * kBK + j] = p;
-      dp[r * kBK + j] = p * (dp[r * kBK + j] - Dv[r]);
+  T live[kBK];
+  for (int64_t j = 0; j < nk; ++j) live[j] = (mask && !mask[j0 + j]) ? T(0) : T(1);
+  for (int64_t r = 0; r < nq; ++r) {
+    T* sr = s + r * kBK;
+    T* dr = dp + r * kBK;
+    if (lse[r] == -std::numeric_limits<T>::infinity()) {
+      for (int64_t j = 0; j < nk; ++j) sr[j] = 0, dr[j] = 0;
+      continue;
     }
+    const T L = lse[r], Dr = Dv[r];
+#pragma omp simd
+    for (int64_t j = 0; j < nk; ++j) {
+      const T p = live[j] * vexp(sr[j] - L);
+      sr[j] = p;
+      dr[j] = p * (dr[j] - Dr);
+    }
+  }
 }
 
 // dK~ and dV~ by key tiles; queries are streamed in blocks of kBQ.
