@@ -180,3 +180,19 @@ def test_device_matches_reference(device, dtype):
     compare_with_reference(lambda *a: ops.gta_attention(*a, dims, mask)[None],
                            lambda *a: reference.gta_attention_ref(*a, dims, mask)[0][None], args, dtype=dtype,
                            frozen=(5, 6, 7, 8, 9))
+
+
+def test_results_do_not_depend_on_thread_count():
+    args, dims, mask = make_inputs(2, 3, 70, 90, (0, 16, 8, 8), 2, 3, dtype=torch.float32, mask=True)
+    leaves = [a.clone().requires_grad_() for a in args[:5]]
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out = ops.gta_attention(*leaves, *args[5:], dims, mask)
+            results.append((out, *torch.autograd.grad(out.square().sum(), leaves)))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
