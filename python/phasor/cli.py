@@ -9,6 +9,7 @@ REPROS = {
     "rotating-features": "phasor.rotating_features.repro",
     "wave-rnn": "phasor.wave_rnn.repro",
     "complex-rnn": "phasor.complex_rnn.repro",
+    "gta": "phasor.gta.repro",
 }
 
 

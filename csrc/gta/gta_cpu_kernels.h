@@ -1,0 +1,539 @@
+// CPU kernels of GTA attention, forward and recomputation backward. Compiled once per instruction set
+// (gta_cpu_{base,avx2,avx512}.cpp define PHASOR_CPU_ISA); gta_cpu.cpp picks one at run time. Math: gta.h.
+//
+// Forward: K and V are transformed once per (batch, head) into scratch buffers ([B,H,Nk,d], O(N) memory;
+// every query tile reuses them), then threads take (batch, head, query tile) items: the Q tile is
+// transformed in the prologue, key tiles are streamed with an online softmax (the Nq x Nk scores never
+// exist), and P is applied to the normalised output in the epilogue.
+// Backward (FlashAttention-2 recomputation from lse): one pass over key tiles accumulates dK~, dV~, one
+// over query tiles dQ~ (and o~ for the SE(3) gradient); then per (batch, view) the 4x4 gradients are
+// reduced in a fixed order and the transposed transforms map dQ~, dK~, dV~ back. No atomics, so the
+// results do not depend on the thread count.
+#include "gta/gta_cpu_entry.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#ifndef PHASOR_CPU_ISA
+#error "define PHASOR_CPU_ISA (the namespace of this instruction-set variant) before including"
+#endif
+
+// The base build passes 32-byte vectors between inline helpers in two SSE halves; GCC warns that this
+// differs from the AVX calling convention, which no caller outside this file ever sees.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+// 32-byte vectors in every build (the tiles are sized for them; an AVX-512 build still gains its
+// 32 registers and masked instructions).
+#define PHASOR_VEC_BYTES 32
+#include "common/cpu_vec.h"
+
+namespace phasor::gta::PHASOR_CPU_ISA {
+namespace {
+
+constexpr int64_t kBQ = 32;  // query rows per work item
+constexpr int64_t kBK = 64;  // keys per streamed tile
+
+template <typename T>
+struct Geo {
+  const T *q_se3, *k_se3, *q_so3, *k_so3, *q_pos, *k_pos, *freqs;
+};
+
+// The operator on one token: y = mul * blockdiag(I, M4 (or M4^T), M8 (or M8^T), R(sign * phi)) x.
+// Safe in place (each block is read before it is written).
+template <typename T>
+struct TokenOp {
+  const T* m4;
+  const T* m8;
+  const T* pos;
+  bool transpose;
+  T sign;
+};
+
+template <typename T>
+inline void apply_token(const Dims& D, const T* freqs, const TokenOp<T>& op, T mul, const T* x, T* y) {
+  for (int64_t c = 0; c < D.triv; ++c) y[c] = mul * x[c];
+  int64_t o = D.triv;
+  for (int64_t ch = 0; ch < D.se3; ch += 4) {
+    T xs[4], ys[4];
+    for (int c = 0; c < 4; ++c) xs[c] = x[o + ch + c];
+    for (int r = 0; r < 4; ++r) {
+      T acc = 0;
+      for (int c = 0; c < 4; ++c) acc += (op.transpose ? op.m4[c * 4 + r] : op.m4[r * 4 + c]) * xs[c];
+      ys[r] = acc;
+    }
+    for (int r = 0; r < 4; ++r) y[o + ch + r] = mul * ys[r];
+  }
+  o += D.se3;
+  for (int64_t ch = 0; ch < D.so3; ch += 8) {
+    T xs[8], ys[8];
+    for (int c = 0; c < 8; ++c) xs[c] = x[o + ch + c];
+    for (int r = 0; r < 8; ++r) {
+      T acc = 0;
+      for (int c = 0; c < 8; ++c) acc += (op.transpose ? op.m8[c * 8 + r] : op.m8[r * 8 + c]) * xs[c];
+      ys[r] = acc;
+    }
+    for (int r = 0; r < 8; ++r) y[o + ch + r] = mul * ys[r];
+  }
+  o += D.so3;
+  for (int64_t p = 0; p < D.so2 / 2; ++p) {
+    const T phi = op.sign * op.pos[p & 1] * freqs[p >> 1];
+    const T c = std::cos(phi), s = std::sin(phi);
+    const T x0 = x[o + 2 * p], x1 = x[o + 2 * p + 1];
+    y[o + 2 * p] = mul * (c * x0 - s * x1);
+    y[o + 2 * p + 1] = mul * (s * x0 + c * x1);
+  }
+}
+
+// Token i of batch b on the query side (P: q_se3, q_so3, R(-phi)) or key side (P^-1: k_se3, k_so3, R(phi)).
+template <typename T>
+inline TokenOp<T> q_op(const Dims& D, const Geo<T>& g, int64_t b, int64_t i, bool transpose, T sign) {
+  const int64_t view = b * D.Vq + i / D.tq();
+  return {g.q_se3 + view * 16, g.q_so3 + view * 64, g.q_pos + (b * D.Nq + i) * 2, transpose, sign};
+}
+template <typename T>
+inline TokenOp<T> k_op(const Dims& D, const Geo<T>& g, int64_t b, int64_t j, bool transpose, T sign) {
+  const int64_t view = b * D.Vk + j / D.tk();
+  return {g.k_se3 + view * 16, g.k_so3 + view * 64, g.k_pos + (b * D.Nk + j) * 2, transpose, sign};
+}
+
+// exp(x) from arithmetic and bit operations only, so loops over it vectorise under omp simd (libm's
+// exp is a scalar call): x = k ln2 + r, |r| <= ln2/2, exp(r) by its Taylor polynomial (degree 7 for
+// float, 13 for double: truncation below half an ulp), 2^k assembled in the exponent bits. exp(-inf)
+// and anything below the smallest normal result give 0.
+template <typename T>
+struct ExpTraits;
+template <>
+struct ExpTraits<float> {
+  using I = int32_t;
+  static constexpr int kDegree = 7, kMant = 23, kBias = 127;
+  static constexpr float kLo = -87.0f, kHi = 88.0f;
+  static constexpr float kLn2Hi = 0.693145751953125f, kLn2Lo = 1.428606765330187e-06f;
+  static constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
+  static constexpr float kInv[8] = {0.f, 1.f, 1.f / 2, 1.f / 3, 1.f / 4, 1.f / 5, 1.f / 6, 1.f / 7};
+};
+template <>
+struct ExpTraits<double> {
+  using I = int64_t;
+  static constexpr int kDegree = 13, kMant = 52, kBias = 1023;
+  static constexpr double kLo = -708.0, kHi = 709.0;
+  static constexpr double kLn2Hi = 0.6931471803691238, kLn2Lo = 1.9082149292705877e-10;
+  static constexpr double kMagic = 6755399441055744.0;  // 1.5 * 2^52
+  static constexpr double kInv[14] = {0., 1., 1. / 2, 1. / 3, 1. / 4, 1. / 5, 1. / 6, 1. / 7, 1. / 8, 1. / 9,
+                                      1. / 10, 1. / 11, 1. / 12, 1. / 13};
+};
+
+template <typename T>
+inline T vexp(T x) {
+  using E = ExpTraits<T>;
+  using I = typename E::I;
+  const bool under = !(x >= E::kLo);
+  x = x < E::kLo ? E::kLo : (x > E::kHi ? E::kHi : x);
+  // round x / ln2 to an integer k by the magic-number trick (no rounding call): k sits in the low
+  // mantissa bits of t, which the shift below moves into the exponent field of 2^k
+  const T t = x * T(1.4426950408889634) + E::kMagic;
+  const T kf = t - E::kMagic;
+  const T r = (x - kf * E::kLn2Hi) - kf * E::kLn2Lo;
+  T poly = T(1);
+  for (int n = E::kDegree; n >= 1; --n) poly = T(1) + poly * r * E::kInv[n];
+  I ti;
+  std::memcpy(&ti, &t, sizeof(T));
+  const I bits = (ti + E::kBias) << E::kMant;
+  T scale;
+  std::memcpy(&scale, &bits, sizeof(T));
+  return under ? T(0) : poly * scale;
+}
+
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t n) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t c = 0; c < n; ++c) acc += a[c] * b[c];
+  return acc;
+}
+template <typename T>
+inline void axpy(T a, const T* x, T* y, int64_t n) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) y[c] += a * x[c];
+}
+
+// K~ = P^-1 K and V~ = P^-1 V (or V itself) for every (batch, head, key token).
+template <typename T>
+void transform_kv(const Dims& D, const Geo<T>& g, const T* k, const T* v, bool v_transform, T* kt, T* vt) {
+  const int64_t d = D.d;
+  at::parallel_for(0, D.B * D.H * D.Nk, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / (D.H * D.Nk), j = r % D.Nk;
+      const auto op = k_op(D, g, b, j, false, T(1));
+      apply_token(D, g.freqs, op, T(1), k + r * d, kt + r * d);
+      if (v_transform) apply_token(D, g.freqs, op, T(1), v + r * d, vt + r * d);
+      else for (int64_t c = 0; c < d; ++c) vt[r * d + c] = v[r * d + c];
+    }
+  });
+}
+
+using cpu_vec::kLanes;
+using cpu_vec::Vec;
+
+// out[r][j] = rows[r] . cols[j] for nr rows against the nk columns given transposed (colsT[c][kBK]),
+// register-blocked: 2 rows x one vector of columns, with four partial sums over the channels (c mod 4)
+// in 8 vector accumulators; each loaded column vector feeds both rows. The partial sums keep the
+// rounding error of long head dims near that of a blocked GEMM (the backward's do~ . v~ - D cancels,
+// and the backward's logits must equal the forward's bit for bit, so every product goes through here).
+// Columns past nk (up to the next vector) come from stale tile memory and are ignored by the callers.
+template <typename T>
+inline void tile_dots(const T* rows, int64_t nr, const T* colsT, int64_t nk, int64_t d, T* out) {
+  constexpr int64_t L = kLanes<T>;
+  static_assert(kBK % L == 0, "key tile must be a multiple of the vector width");
+  for (int64_t r0 = 0; r0 < nr; r0 += 2) {
+    const T* a = rows + r0 * d;
+    const T* b = rows + std::min(r0 + 1, nr - 1) * d;
+    for (int64_t jb = 0; jb < nk; jb += L) {
+      Vec<T> pa[4] = {}, pb[4] = {};
+      int64_t c = 0;
+      for (; c + 4 <= d; c += 4) {
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; ++u) {
+          Vec<T> k;
+          std::memcpy(&k, colsT + (c + u) * kBK + jb, sizeof(k));
+          pa[u] += a[c + u] * k;
+          pb[u] += b[c + u] * k;
+        }
+      }
+      for (; c < d; ++c) {
+        Vec<T> k;
+        std::memcpy(&k, colsT + c * kBK + jb, sizeof(k));
+        pa[0] += a[c] * k;
+        pb[0] += b[c] * k;
+      }
+      const Vec<T> ra = (pa[0] + pa[1]) + (pa[2] + pa[3]), rb = (pb[0] + pb[1]) + (pb[2] + pb[3]);
+      std::memcpy(out + r0 * kBK + jb, &ra, sizeof(ra));
+      if (r0 + 1 < nr) std::memcpy(out + (r0 + 1) * kBK + jb, &rb, sizeof(rb));
+    }
+  }
+}
+
+// acc[c] += mul * sum_i coef[i * stride] * vecs[i * d + c] for c < d: 4 vectors of acc stay in registers
+// while the n rows stream past (instead of one axpy, with a load and store of acc, per row).
+template <typename T>
+inline void combine_rows(const T* coef, int64_t stride, int64_t n, const T* vecs, int64_t d, T mul, T* acc) {
+  constexpr int64_t L = kLanes<T>, W = 4 * L;
+  int64_t c0 = 0;
+  for (; c0 + W <= d; c0 += W) {
+    T* ac = acc + c0;
+    Vec<T> a0, a1, a2, a3;
+    std::memcpy(&a0, ac, sizeof(a0));
+    std::memcpy(&a1, ac + L, sizeof(a1));
+    std::memcpy(&a2, ac + 2 * L, sizeof(a2));
+    std::memcpy(&a3, ac + 3 * L, sizeof(a3));
+    for (int64_t i = 0; i < n; ++i) {
+      const T x = coef[i * stride] * mul;
+      const T* vi = vecs + i * d + c0;
+      Vec<T> v0, v1, v2, v3;
+      std::memcpy(&v0, vi, sizeof(v0));
+      std::memcpy(&v1, vi + L, sizeof(v1));
+      std::memcpy(&v2, vi + 2 * L, sizeof(v2));
+      std::memcpy(&v3, vi + 3 * L, sizeof(v3));
+      a0 += x * v0;
+      a1 += x * v1;
+      a2 += x * v2;
+      a3 += x * v3;
+    }
+    std::memcpy(ac, &a0, sizeof(a0));
+    std::memcpy(ac + L, &a1, sizeof(a1));
+    std::memcpy(ac + 2 * L, &a2, sizeof(a2));
+    std::memcpy(ac + 3 * L, &a3, sizeof(a3));
+  }
+  for (int64_t i = 0; i < n && c0 < d; ++i) {
+    const T x = coef[i * stride] * mul;
+    if (x != T(0)) axpy(x, vecs + i * d + c0, acc + c0, d - c0);
+  }
+}
+
+// dst[c][kBK] = src[j][c] for the nk rows of a key tile
+template <typename T>
+inline void transpose_tile(const T* src, int64_t nk, int64_t d, T* dst) {
+  for (int64_t j = 0; j < nk; ++j)
+    for (int64_t c = 0; c < d; ++c) dst[c * kBK + j] = src[j * d + c];
+}
+
+// logits of rows qt[0..nq) against keys j0..j0+nk (transposed tile kT; masked keys -inf) into s[nq][kBK]
+template <typename T>
+inline void tile_logits(const Dims& D, const T* qt, const T* kT, const bool* mask, int64_t nq, int64_t j0,
+                        int64_t nk, T* s) {
+  tile_dots(qt, nq, kT, nk, D.d, s);
+  if (!mask) return;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  for (int64_t r = 0; r < nq; ++r)
+    for (int64_t j = 0; j < nk; ++j)
+      if (!mask[j0 + j]) s[r * kBK + j] = ninf;
+}
+
+template <typename T>
+void forward(const Dims& D, const Geo<T>& g, const T* q, const T* kt, const T* vt, const bool* mask_all, T scale,
+             bool v_transform, T* out, T* lse) {
+  const int64_t d = D.d, nqt = (D.Nq + kBQ - 1) / kBQ;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  at::parallel_for(0, D.B * D.H * nqt, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> qt(kBQ * d), acc(kBQ * d), s(kBQ * kBK), m(kBQ), l(kBQ), kT(d * kBK);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t bh = item / nqt, i0 = (item % nqt) * kBQ, b = bh / D.H;
+      const int64_t nq = std::min(kBQ, D.Nq - i0);
+      const T* qb = q + (bh * D.Nq + i0) * d;
+      const T* ktb = kt + bh * D.Nk * d;
+      const T* vtb = vt + bh * D.Nk * d;
+      const bool* mask = mask_all ? mask_all + b * D.Nk : nullptr;
+      for (int64_t r = 0; r < nq; ++r) {
+        apply_token(D, g.freqs, q_op(D, g, b, i0 + r, true, T(1)), scale, qb + r * d, qt.data() + r * d);
+        m[r] = ninf, l[r] = 0;
+        for (int64_t c = 0; c < d; ++c) acc[r * d + c] = 0;
+      }
+      for (int64_t j0 = 0; j0 < D.Nk; j0 += kBK) {
+        const int64_t nk = std::min(kBK, D.Nk - j0);
+        transpose_tile(ktb + j0 * d, nk, d, kT.data());
+        tile_logits(D, qt.data(), kT.data(), mask, nq, j0, nk, s.data());
+        for (int64_t r = 0; r < nq; ++r) {
+          T* sr = s.data() + r * kBK;
+          T mx = m[r];
+#pragma omp simd reduction(max : mx)
+          for (int64_t j = 0; j < nk; ++j) mx = sr[j] > mx ? sr[j] : mx;
+          if (mx == ninf) continue;  // every key so far masked
+          const T alpha = vexp(m[r] - mx);  // 0 on the first live tile (m = -inf)
+          T* ar = acc.data() + r * d;
+          if (alpha != T(1))
+            for (int64_t c = 0; c < d; ++c) ar[c] *= alpha;
+          T sum = 0;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t j = 0; j < nk; ++j) {
+            sr[j] = vexp(sr[j] - mx);
+            sum += sr[j];
+          }
+          combine_rows(sr, 1, nk, vtb + j0 * d, d, T(1), ar);
+          l[r] = l[r] * alpha + sum;
+          m[r] = mx;
+        }
+      }
+      for (int64_t r = 0; r < nq; ++r) {
+        T* orow = out + (bh * D.Nq + i0 + r) * d;
+        T* ar = acc.data() + r * d;
+        if (l[r] == T(0)) {  // no key to attend to: output 0, lse -inf
+          for (int64_t c = 0; c < d; ++c) orow[c] = 0;
+          lse[bh * D.Nq + i0 + r] = ninf;
+          continue;
+        }
+        const T inv = T(1) / l[r];
+        if (v_transform) apply_token(D, g.freqs, q_op(D, g, b, i0 + r, false, T(-1)), inv, ar, orow);
+        else for (int64_t c = 0; c < d; ++c) orow[c] = inv * ar[c];
+        lse[bh * D.Nq + i0 + r] = m[r] + std::log(l[r]);
+      }
+    }
+  });
+}
+
+// P and dS of a (query block x key tile): p = exp(s - lse) (0 for masked keys and for queries without
+// keys, lse = -inf), ds = p * (do~ . v~ - D). s holds the logits on entry and P on exit; dp gets dS.
+template <typename T>
+inline void tile_probs(const Dims& D, const T* dot_rows, const T* vT, const T* Dv, const T* lse, const bool* mask,
+                       int64_t nq, int64_t j0, int64_t nk, T* s, T* dp) {
+  tile_dots(dot_rows, nq, vT, nk, D.d, dp);
+  T live[kBK];
+  for (int64_t j = 0; j < nk; ++j) live[j] = (mask && !mask[j0 + j]) ? T(0) : T(1);
+  for (int64_t r = 0; r < nq; ++r) {
+    T* sr = s + r * kBK;
+    T* dr = dp + r * kBK;
+    if (lse[r] == -std::numeric_limits<T>::infinity()) {
+      for (int64_t j = 0; j < nk; ++j) sr[j] = 0, dr[j] = 0;
+      continue;
+    }
+    const T L = lse[r], Dr = Dv[r];
+#pragma omp simd
+    for (int64_t j = 0; j < nk; ++j) {
+      const T p = live[j] * vexp(sr[j] - L);
+      sr[j] = p;
+      dr[j] = p * (dr[j] - Dr);
+    }
+  }
+}
+
+// dK~ and dV~ by key tiles; queries are streamed in blocks of kBQ.
+template <typename T>
+void backward_kv(const Dims& D, const T* qt, const T* dot_t, const T* Dv, const T* lse, const T* kt, const T* vt,
+                 const bool* mask_all, T* dkt, T* dvt) {
+  const int64_t d = D.d, nkt = (D.Nk + kBK - 1) / kBK;
+  at::parallel_for(0, D.B * D.H * nkt, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> kT(d * kBK), vT(d * kBK), s(kBQ * kBK), dp(kBQ * kBK);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t bh = item / nkt, j0 = (item % nkt) * kBK, b = bh / D.H;
+      const int64_t nk = std::min(kBK, D.Nk - j0);
+      const bool* mask = mask_all ? mask_all + b * D.Nk : nullptr;
+      T* dk = dkt + (bh * D.Nk + j0) * d;
+      T* dv = dvt + (bh * D.Nk + j0) * d;
+      for (int64_t c = 0; c < nk * d; ++c) dk[c] = 0, dv[c] = 0;
+      transpose_tile(kt + (bh * D.Nk + j0) * d, nk, d, kT.data());
+      transpose_tile(vt + (bh * D.Nk + j0) * d, nk, d, vT.data());
+      for (int64_t i0 = 0; i0 < D.Nq; i0 += kBQ) {
+        const int64_t nq = std::min(kBQ, D.Nq - i0), row0 = bh * D.Nq + i0;
+        tile_dots(qt + row0 * d, nq, kT.data(), nk, d, s.data());
+        tile_probs(D, dot_t + row0 * d, vT.data(), Dv + row0, lse + row0, mask, nq, j0, nk, s.data(), dp.data());
+        for (int64_t j = 0; j < nk; ++j) {  // column j of P and dS against the block's rows
+          combine_rows(s.data() + j, kBK, nq, dot_t + row0 * d, d, T(1), dv + j * d);
+          combine_rows(dp.data() + j, kBK, nq, qt + row0 * d, d, T(1), dk + j * d);
+        }
+      }
+    }
+  });
+}
+
+// dQ~ (scaled back to dL/d(P^T q)) and, when needed, o~ by query tiles.
+template <typename T>
+void backward_q(const Dims& D, const T* qt, const T* dot_t, const T* Dv, const T* lse, const T* kt, const T* vt,
+                const bool* mask_all, T scale, T* dqt, T* ot) {
+  const int64_t d = D.d, nqt = (D.Nq + kBQ - 1) / kBQ;
+  at::parallel_for(0, D.B * D.H * nqt, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> kT(d * kBK), vT(d * kBK), s(kBQ * kBK), dp(kBQ * kBK);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t bh = item / nqt, i0 = (item % nqt) * kBQ, b = bh / D.H;
+      const int64_t nq = std::min(kBQ, D.Nq - i0), row0 = bh * D.Nq + i0;
+      const bool* mask = mask_all ? mask_all + b * D.Nk : nullptr;
+      T* dq = dqt + row0 * d;
+      T* o = ot ? ot + row0 * d : nullptr;
+      for (int64_t c = 0; c < nq * d; ++c) dq[c] = 0;
+      if (o)
+        for (int64_t c = 0; c < nq * d; ++c) o[c] = 0;
+      for (int64_t j0 = 0; j0 < D.Nk; j0 += kBK) {
+        const int64_t nk = std::min(kBK, D.Nk - j0);
+        const T* ktile = kt + (bh * D.Nk + j0) * d;
+        const T* vtile = vt + (bh * D.Nk + j0) * d;
+        transpose_tile(ktile, nk, d, kT.data());
+        transpose_tile(vtile, nk, d, vT.data());
+        tile_dots(qt + row0 * d, nq, kT.data(), nk, d, s.data());
+        tile_probs(D, dot_t + row0 * d, vT.data(), Dv + row0, lse + row0, mask, nq, j0, nk, s.data(), dp.data());
+        for (int64_t r = 0; r < nq; ++r) {
+          combine_rows(dp.data() + r * kBK, 1, nk, ktile, d, scale, dq + r * d);
+          if (o) combine_rows(s.data() + r * kBK, 1, nk, vtile, d, T(1), o + r * d);
+        }
+      }
+    }
+  });
+}
+
+// sum over heads, tokens of the view and 4-chunks of a[r] * b[c] (the 4x4 outer products of one site)
+template <typename T>
+inline void add_outer4(const Dims& D, const T* a, const T* b, int64_t bb, int64_t N, int64_t t0, int64_t t1,
+                       double* acc) {
+  for (int64_t h = 0; h < D.H; ++h)
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t off = ((bb * D.H + h) * N + t) * D.d + D.triv;
+      for (int64_t ch = 0; ch < D.se3; ch += 4)
+        for (int r = 0; r < 4; ++r)
+          for (int c = 0; c < 4; ++c) acc[r * 4 + c] += double(a[off + ch + r]) * double(b[off + ch + c]);
+    }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> gta_fwd_cpu(const Dims& D, const at::Tensor& q, const at::Tensor& k,
+                                               const at::Tensor& v, const GeoTensors& geo,
+                                               const std::optional<at::Tensor>& key_mask, double scale,
+                                               bool v_transform) {
+  auto out = at::empty(q.sizes(), q.options());
+  auto lse = at::empty({D.B, D.H, D.Nq}, q.options());
+  auto kt = at::empty(k.sizes(), k.options()), vt = at::empty(v.sizes(), v.options());
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gta_attention_fwd", [&] {
+    const Geo<scalar_t> g{geo.q_se3.data_ptr<scalar_t>(), geo.k_se3.data_ptr<scalar_t>(),
+                          geo.q_so3.data_ptr<scalar_t>(), geo.k_so3.data_ptr<scalar_t>(),
+                          geo.q_pos.data_ptr<scalar_t>(), geo.k_pos.data_ptr<scalar_t>(),
+                          geo.freqs.data_ptr<scalar_t>()};
+    const bool* mask = key_mask ? key_mask->data_ptr<bool>() : nullptr;
+    transform_kv(D, g, k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), v_transform, kt.data_ptr<scalar_t>(),
+                 vt.data_ptr<scalar_t>());
+    forward(D, g, q.data_ptr<scalar_t>(), kt.data_ptr<scalar_t>(), vt.data_ptr<scalar_t>(), mask,
+            scalar_t(scale), v_transform, out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gta_bwd_cpu(
+    const Dims& D, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const GeoTensors& geo, const std::optional<at::Tensor>& key_mask,
+    double scale, bool v_transform) {
+  auto dq = at::empty(q.sizes(), q.options()), dk = at::empty(k.sizes(), k.options());
+  auto dv = at::empty(v.sizes(), v.options());
+  auto dq_se3 = at::zeros(geo.q_se3.sizes(), geo.q_se3.options());
+  auto dk_se3 = at::zeros(geo.k_se3.sizes(), geo.k_se3.options());
+  auto qt = at::empty(q.sizes(), q.options()), dot_t = at::empty(q.sizes(), q.options());
+  auto Dv = at::empty({D.B, D.H, D.Nq}, q.options());
+  auto kt = at::empty(k.sizes(), k.options()), vt = at::empty(v.sizes(), v.options());
+  const bool need_ot = v_transform && D.se3 > 0;
+  auto ot = need_ot ? at::empty(q.sizes(), q.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gta_attention_bwd", [&] {
+    using T = scalar_t;
+    const Geo<T> g{geo.q_se3.data_ptr<T>(), geo.k_se3.data_ptr<T>(), geo.q_so3.data_ptr<T>(),
+                   geo.k_so3.data_ptr<T>(), geo.q_pos.data_ptr<T>(), geo.k_pos.data_ptr<T>(), geo.freqs.data_ptr<T>()};
+    const bool* mask = key_mask ? key_mask->data_ptr<bool>() : nullptr;
+    const int64_t d = D.d;
+    const T* qp = q.data_ptr<T>();
+    const T* gop = grad_out.data_ptr<T>();
+    const T* op = out.data_ptr<T>();
+    T *qtp = qt.data_ptr<T>(), *dotp = dot_t.data_ptr<T>(), *Dvp = Dv.data_ptr<T>();
+    // query-side prologue: q~ (scaled), do~ = P^T dO, and D_i = dO_i . O_i (= do~_i . o~_i)
+    at::parallel_for(0, D.B * D.H * D.Nq, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t b = row / (D.H * D.Nq), i = row % D.Nq;
+        apply_token(D, g.freqs, q_op(D, g, b, i, true, T(1)), T(scale), qp + row * d, qtp + row * d);
+        if (v_transform) apply_token(D, g.freqs, q_op(D, g, b, i, true, T(1)), T(1), gop + row * d, dotp + row * d);
+        else for (int64_t c = 0; c < d; ++c) dotp[row * d + c] = gop[row * d + c];
+        Dvp[row] = dot(gop + row * d, op + row * d, d);
+      }
+    });
+    transform_kv(D, g, k.data_ptr<T>(), v.data_ptr<T>(), v_transform, kt.data_ptr<T>(), vt.data_ptr<T>());
+    backward_kv(D, qtp, dotp, Dvp, lse.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), mask, dk.data_ptr<T>(),
+                dv.data_ptr<T>());
+    backward_q(D, qtp, dotp, Dvp, lse.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), mask, T(scale),
+               dq.data_ptr<T>(), need_ot ? ot.data_ptr<T>() : nullptr);
+    // per (batch, view): 4x4 gradients in a fixed order, then the transposed transforms in place
+    T *dqp = dq.data_ptr<T>(), *dkp = dk.data_ptr<T>(), *dvp = dv.data_ptr<T>();
+    const T *kp = k.data_ptr<T>(), *vp = v.data_ptr<T>();
+    at::parallel_for(0, D.B * D.Vq, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bv = begin; bv < end; ++bv) {
+        const int64_t b = bv / D.Vq, t0 = (bv % D.Vq) * D.tq(), t1 = t0 + D.tq();
+        double acc[16] = {};
+        add_outer4(D, qp, dqp, b, D.Nq, t0, t1, acc);  // q~ = P^T q: dP += q dq~^T
+        if (need_ot) add_outer4(D, gop, ot.data_ptr<T>(), b, D.Nq, t0, t1, acc);  // O = P o~: dP += dO o~^T
+        for (int c = 0; c < 16; ++c) dq_se3.data_ptr<T>()[bv * 16 + c] = T(acc[c]);
+        for (int64_t h = 0; h < D.H; ++h)
+          for (int64_t t = t0; t < t1; ++t) {
+            T* x = dqp + ((b * D.H + h) * D.Nq + t) * d;
+            apply_token(D, g.freqs, q_op(D, g, b, t, false, T(-1)), T(1), x, x);
+          }
+      }
+    });
+    at::parallel_for(0, D.B * D.Vk, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bv = begin; bv < end; ++bv) {
+        const int64_t b = bv / D.Vk, t0 = (bv % D.Vk) * D.tk(), t1 = t0 + D.tk();
+        double acc[16] = {};
+        add_outer4(D, dkp, kp, b, D.Nk, t0, t1, acc);  // k~ = P^-1 k: dP^-1 += dk~ k^T
+        if (v_transform) add_outer4(D, dvp, vp, b, D.Nk, t0, t1, acc);
+        for (int c = 0; c < 16; ++c) dk_se3.data_ptr<T>()[bv * 16 + c] = T(acc[c]);
+        for (int64_t h = 0; h < D.H; ++h)
+          for (int64_t t = t0; t < t1; ++t) {
+            const int64_t off = ((b * D.H + h) * D.Nk + t) * d;
+            const auto kop = k_op(D, g, b, t, true, T(-1));
+            apply_token(D, g.freqs, kop, T(1), dkp + off, dkp + off);
+            if (v_transform) apply_token(D, g.freqs, kop, T(1), dvp + off, dvp + off);
+          }
+      }
+    });
+  });
+  return {dq, dk, dv, dq_se3, dk_se3};
+}
+
+}  // namespace phasor::gta::PHASOR_CPU_ISA

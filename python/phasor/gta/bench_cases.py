@@ -1,0 +1,86 @@
+"""Benchmark cases of GTA attention (registered with phasor.bench).
+
+The issue's sizes: N = 256, 1024, 4096 tokens (self-attention, 2 views of N/2 tokens), 6 heads, head
+dim 64 with the CLEVR-TR split (se3 32 = 8 blocks, so2 32 = F 8), forward and forward + backward.
+Impls: the fused op; `eager` = the official-style path (einsum transforms + materialised softmax,
+reference.gta_attention_ref); `compile` = that path under torch.compile; `transforms+sdpa` = the same
+transforms around torch's scaled_dot_product_attention (the best library alternative: PRoPE / the DiT
+branch do this); `sdpa-no-geometry` = plain SDPA on untransformed q, k, v (the floor).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..bench.registry import Case, compiled, outputs_close, register, scaled_close
+from . import ops, reference, reps
+
+DIMS = (0, 32, 0, 32)
+
+
+def transforms_sdpa(q, k, v, q_se3, k_se3, q_so3, k_so3, q_pos, k_pos, freqs, dims, key_mask=None, scale=None,
+                    v_transform=True):
+    """Pre-transform Q, K, V, run SDPA (flash / memory-efficient backends where available), post-transform O."""
+    qt = reference.transform(q, dims, q_se3, q_so3, q_pos, freqs, transpose=True, sign=1.0)
+    kt = reference.transform(k, dims, k_se3, k_so3, k_pos, freqs, transpose=False, sign=1.0)
+    vt = reference.transform(v, dims, k_se3, k_so3, k_pos, freqs, transpose=False, sign=1.0) if v_transform else v
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    o = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale)
+    return reference.transform(o, dims, q_se3, q_so3, q_pos, freqs, transpose=False, sign=-1.0) if v_transform else o
+
+
+def _inputs(device, N, H=6, B=1, V=2):
+    g = torch.Generator().manual_seed(0)
+    d = sum(DIMS)
+    q, k, v = (torch.randn(B, H, N, d, generator=g).to(device) for _ in range(3))
+    R, _ = torch.linalg.qr(torch.randn(B * V, 3, 3, generator=g, dtype=torch.float64))
+    E = torch.eye(4, dtype=torch.float64).repeat(B, V, 1, 1)
+    E[..., :3, :3] = (R * torch.sign(torch.linalg.det(R))[:, None, None]).reshape(B, V, 3, 3)
+    E[..., :3, 3] = torch.randn(B, V, 3, generator=g, dtype=torch.float64) * 2
+    P, P_inv = reps.se3_blocks(E, torch.tensor(0.5, dtype=torch.float64))
+    D = reps.so3_blocks(E[..., :3, :3])
+    pos = torch.rand(B, N, 2, generator=g, dtype=torch.float64)
+    freqs = reps.so2_frequencies(DIMS[3] // 4)
+    geo = [t.float().to(device) for t in (P, P_inv, D, D.transpose(-1, -2).contiguous(), pos, pos, freqs)]
+    return [q, k, v, *geo]
+
+
+def _gta_case(device, N, backward):
+    args = _inputs(device, N)
+    fused = lambda *a: ops.gta_attention(*a, DIMS)  # noqa: E731
+    eager = lambda *a: reference.gta_attention_ref(*a, DIMS)[0]  # noqa: E731
+    comp = compiled(eager)
+    pre = lambda *a: transforms_sdpa(*a, DIMS)  # noqa: E731
+    plain = lambda q, k, v, *rest: F.scaled_dot_product_attention(q, k, v)  # noqa: E731
+    impls = {"fused": fused, "eager": eager, "compile": comp, "transforms+sdpa": pre, "sdpa-no-geometry": plain}
+    leaves = args[:5]
+    cot = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(1)).to(device)
+    if backward:
+        for t in leaves:
+            t.requires_grad_()
+        runners = {k: (lambda f=f: torch.autograd.grad(f(*args), leaves, cot, allow_unused=True))
+                   for k, f in impls.items()}
+    else:
+        def no_grad(f):
+            def run():
+                with torch.no_grad():
+                    return f(*args)
+            return run
+        runners = {k: no_grad(f) for k, f in impls.items()}
+
+    def check():
+        with torch.no_grad():
+            ok = outputs_close(fused(*args), eager(*args), rtol=1e-4, atol=1e-4) and \
+                outputs_close(pre(*args), eager(*args), rtol=1e-4, atol=1e-4)
+        if not backward:
+            return ok
+        g1 = torch.autograd.grad(fused(*args), leaves, cot)
+        g2 = torch.autograd.grad(eager(*args), leaves, cot)
+        return ok and scaled_close(g1, g2, 1e-4)
+    note = f"B=1 H=6 N={N} d=64 split {DIMS}, 2 views; float32"
+    return Case(runners, check, note=note)
+
+
+for _N in (256, 1024, 4096):
+    register("gta_attention", f"N{_N}_fwd")(lambda d, n=_N: _gta_case(d, n, backward=False))
+    register("gta_attention", f"N{_N}_fwdbwd")(lambda d, n=_N: _gta_case(d, n, backward=True))

@@ -1,0 +1,198 @@
+"""Fused GTA attention op vs the pairwise Eq. 5 and the efficient reference; gradients, invariances,
+opcheck, compile, bad inputs."""
+import pytest
+import torch
+
+from gta_cases import geometry, make_inputs, random_extrinsics
+from helpers import (assert_bad_input, check_gradcheck, cpu_isa, check_opcheck, compare_with_reference, device_params,
+                     noncontiguous)  # noqa: F401 (cpu_isa is a fixture)
+from phasor.gta import ops, reference, reps
+
+SHAPES = [  # B, H, Nq, Nk, dims, Vq, Vk
+    (2, 2, 6, 8, (4, 8, 8, 12), 2, 2),
+    (1, 1, 1, 1, (0, 4, 0, 4), 1, 1),
+    (2, 3, 5, 70, (0, 16, 0, 16), 1, 7),       # N != M, key tiles with a tail
+    (1, 2, 33, 9, (8, 0, 16, 8), 3, 3),        # query tile tail
+    (2, 1, 4, 6, (32, 0, 0, 0), 2, 3),         # trivial only (plain attention)
+]
+
+
+def _op(vt, mask):
+    return lambda *a: ops.gta_attention(*a[:10], a[10], mask, None, vt, return_lse=True)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("v_transform", [True, False])
+def test_matches_pairwise_eq5_float64(cpu_isa, shape, v_transform):
+    B, H, Nq, Nk, dims, Vq, Vk = shape
+    args, dims, mask = make_inputs(B, H, Nq, Nk, dims, Vq, Vk, mask=Nk > 4)
+    out, lse = ops.gta_attention(*args, dims, mask, None, v_transform, return_lse=True)
+    o_ref, l_ref = reference.gta_attention_pairwise(*args, dims, mask, None, v_transform)
+    torch.testing.assert_close(out, o_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(lse, l_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("d", [32, 64, 96, 128])
+def test_matches_reference_head_dims(cpu_isa, dtype, d):
+    dims = (0, d // 2, 8, d // 2 - 8)
+    args, dims, mask = make_inputs(2, 2, 40, 72, dims, 4, 2, dtype=dtype, mask=True, seed=d)
+    compare_with_reference(lambda *a: ops.gta_attention(*a, dims, mask)[None],
+                           lambda *a: reference.gta_attention_ref(*a, dims, mask)[0][None], args,
+                           frozen=(5, 6, 7, 8, 9))  # SO(3)/SO(2) geometry is constant (detached)
+
+
+def test_matches_reference_noncontiguous_and_scale(cpu_isa):
+    args, dims, mask = make_inputs(2, 2, 10, 12, (4, 8, 8, 4), 2, 3, mask=True)
+    nc = [noncontiguous(a) for a in args]
+    out = ops.gta_attention(*nc, dims, mask, 0.3)
+    torch.testing.assert_close(out, reference.gta_attention_ref(*args, dims, mask, 0.3)[0], rtol=1e-10, atol=1e-10)
+
+
+def test_fully_masked_rows_give_zero_output_and_finite_grads():
+    args, dims, _ = make_inputs(2, 2, 4, 6, (0, 8, 0, 8), 2, 2)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1] = False  # batch 1 sees no key
+    leaves = [a.clone().requires_grad_() for a in args[:5]]
+    out, lse = ops.gta_attention(*leaves, *args[5:], dims, mask, return_lse=True)
+    assert (out[1] == 0).all() and torch.isneginf(lse[1]).all()
+    grads = torch.autograd.grad(out.sum(), leaves)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert (grads[1][1] == 0).all() and (grads[2][1] == 0).all()
+    ref = reference.gta_attention_ref(*args, dims, mask)[0]
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("v_transform", [True, False])
+def test_gradients_match_reference_including_se3_blocks(cpu_isa, v_transform):
+    args, dims, mask = make_inputs(2, 2, 9, 70, (4, 8, 8, 12), 3, 2, mask=True)
+    compare_with_reference(lambda *a: ops.gta_attention(*a, dims, mask, None, v_transform)[None],
+                           lambda *a: reference.gta_attention_ref(*a, dims, mask, None, v_transform)[0][None],
+                           args, frozen=(5, 6, 7, 8, 9))
+
+
+def _from_poses(dims, mask, v_transform, Eq, Ek, geo_rest):
+    """op as a function of (q, k, v, trans_coeff): the SE(3) blocks built from the poses."""
+    def f(q, k, v, s):
+        q_se3, _ = reps.se3_blocks(Eq, s)
+        _, k_se3 = reps.se3_blocks(Ek, s)
+        return ops.gta_attention(q, k, v, q_se3, k_se3, *geo_rest, dims, mask, None, v_transform)
+    return f
+
+
+@pytest.mark.parametrize("v_transform", [True, False])
+def test_gradcheck_float64_including_trans_coeff(v_transform):
+    args, dims, mask = make_inputs(1, 2, 4, 6, (4, 8, 8, 4), 2, 3, mask=True)
+    gen = torch.Generator().manual_seed(5)
+    Eq, Ek = random_extrinsics(1, 2, gen=gen), random_extrinsics(1, 3, gen=gen)
+    f = _from_poses(dims, mask, v_transform, Eq, Ek, args[5:])
+    check_gradcheck(f, [*args[:3], torch.tensor(0.8, dtype=torch.float64)])
+
+
+def test_trans_coeff_gradient_matches_reference():
+    args, dims, mask = make_inputs(2, 2, 6, 8, (0, 16, 0, 8), 2, 2)
+    gen = torch.Generator().manual_seed(6)
+    Eq, Ek = random_extrinsics(2, 2, gen=gen), random_extrinsics(2, 2, gen=gen)
+    grads = []
+    for attn in (ops.gta_attention, lambda *a: reference.gta_attention_ref(*a)[0]):
+        s = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+        q_se3, _ = reps.se3_blocks(Eq, s)
+        _, k_se3 = reps.se3_blocks(Ek, s)
+        out = attn(*args[:3], q_se3, k_se3, *args[5:], dims, mask)
+        grads.append(torch.autograd.grad((out * torch.cos(out)).sum(), s)[0])
+    assert grads[1].abs() > 1e-3
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("s", [0.01, 1.0, 10.0])
+def test_invariant_under_common_rigid_transform(s):
+    """E_v -> E_v g^-1 for every camera (query and key views) leaves the output unchanged."""
+    gen = torch.Generator().manual_seed(7)
+    dims = (4, 8, 8, 12)
+    B, H, N, V = 2, 2, 8, 2
+    d = sum(dims)
+    q, k, v = (torch.randn(B, H, N, d, dtype=torch.float64, generator=gen) for _ in range(3))
+    E = random_extrinsics(B, V, gen=gen)
+    g = random_extrinsics(B, 1, gen=gen)
+    st = torch.tensor(s, dtype=torch.float64)
+    outs = []
+    for Ev in (E, E @ reps.rigid_inverse(g)):
+        geo = geometry(Ev, Ev, N, N, dims, st, torch.Generator().manual_seed(8))
+        outs.append(ops.gta_attention(q, k, v, *geo, dims))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-9, atol=1e-9)
+
+
+def test_invariant_under_common_2d_shift():
+    args, dims, _ = make_inputs(2, 2, 6, 8, (0, 0, 0, 16), 1, 1)
+    out = ops.gta_attention(*args, dims)
+    shift = torch.tensor([0.37, -1.3], dtype=torch.float64)
+    shifted = args[:7] + [args[7] + shift, args[8] + shift, args[9]]
+    torch.testing.assert_close(ops.gta_attention(*shifted, dims), out, rtol=1e-10, atol=1e-10)
+
+
+def test_rope_limit_matches_complex_rotary_plus_sdpa():
+    """v_transform=False with only SO(2) channels is 2-D RoPE (interleaved pairs) followed by attention."""
+    args, dims, _ = make_inputs(2, 2, 6, 8, (0, 0, 0, 16), 1, 1)
+    q, k, v, *_, q_pos, k_pos, freqs = args
+
+    def rope(x, pos):
+        phi = reps.so2_angles(pos, freqs)[:, None]
+        xc = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2).contiguous())
+        return torch.view_as_real(xc * torch.polar(torch.ones_like(phi), phi)).flatten(-2)
+    want = torch.nn.functional.scaled_dot_product_attention(rope(q, q_pos), rope(k, k_pos), v)
+    torch.testing.assert_close(ops.gta_attention(*args, dims, v_transform=False), want, rtol=1e-10, atol=1e-10)
+
+
+def test_opcheck():
+    args, dims, mask = make_inputs(1, 2, 4, 6, (4, 8, 8, 4), 2, 3, mask=True)
+    check_opcheck(torch.ops.phasor.gta_attention_fwd, [*args, dims, mask, 0.2, True], frozen=(5, 6, 7, 8, 9))
+    check_opcheck(torch.ops.phasor.gta_attention_fwd, [*args, dims, None, 0.2, False], frozen=(5, 6, 7, 8, 9))
+
+
+def test_bad_inputs():
+    args, dims, mask = make_inputs(1, 2, 4, 6, (4, 8, 8, 4), 2, 3)
+    q, k, v, q_se3, k_se3, q_so3, k_so3, q_pos, k_pos, freqs = args
+    f = ops.gta_attention
+    assert_bad_input(f, *args, (4, 8, 8, 8), names="dims")                      # does not add up to d
+    assert_bad_input(f, *args, (6, 6, 8, 4), names="dims")                      # se3 not a multiple of 4
+    assert_bad_input(f, q, k, v, q_se3[..., :3], *args[4:], dims, names="q_se3")  # wrong pose shape
+    assert_bad_input(f, q, k, v, q_se3, k_se3[:, :2], *args[5:], dims, names=("k_se3", "k_so3"))  # views differ
+    assert_bad_input(f, q, k, v, q_se3, k_se3[:, :1].expand(1, 4, 4, 4), q_so3, k_so3[:, :1].expand(1, 4, 8, 8),
+                     *args[7:], dims, names="Nk")  # 6 key tokens do not split into 4 views
+    assert_bad_input(f, q, k, v, q_se3[:, :1].expand(1, 3, 4, 4), k_se3, q_so3[:, :1].expand(1, 3, 8, 8), *args[6:], dims,
+                     names="Nq")                                                  # 4 tokens do not split into 3 views
+    assert_bad_input(f, q, k[..., :-1], v, *args[3:], dims, names="k")
+    assert_bad_input(f, *args, dims, torch.ones(1, 6), names="key_mask")
+    assert_bad_input(f, q.float(), k.float(), v.float(), *args[3:], dims, names="q_se3")
+    assert_bad_input(f, q.half(), k.half(), v.half(), *[a.float() for a in args[3:]], dims, names="q")
+    assert_bad_input(f, *args[:9], torch.cat([freqs, freqs]), dims, names="freqs")
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_device_matches_reference(device, dtype):
+    if device == "cpu" and dtype != torch.float32:
+        pytest.skip("CPU kernels are float32/float64")
+    pdt = torch.float32
+    args, dims, mask = make_inputs(2, 3, 100, 130, (0, 32, 0, 32), 4, 2, dtype=torch.float64, mask=True)
+    args = [a.to(device, dtype if i < 3 else pdt) for i, a in enumerate(args)]
+    mask = mask.to(device)
+    compare_with_reference(lambda *a: ops.gta_attention(*a, dims, mask)[None],
+                           lambda *a: reference.gta_attention_ref(*a, dims, mask)[0][None], args, dtype=dtype,
+                           frozen=(5, 6, 7, 8, 9))
+
+
+def test_results_do_not_depend_on_thread_count():
+    args, dims, mask = make_inputs(2, 3, 70, 90, (0, 16, 8, 8), 2, 3, dtype=torch.float32, mask=True)
+    leaves = [a.clone().requires_grad_() for a in args[:5]]
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out = ops.gta_attention(*leaves, *args[5:], dims, mask)
+            results.append((out, *torch.autograd.grad(out.square().sum(), leaves)))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
