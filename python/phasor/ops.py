@@ -4,3 +4,4 @@ Each system's schemas name their own module (``set_python_module`` in csrc/<syst
 """
 from .rotating_features import ops as rotating_features_ops  # noqa: F401
 from .wave_rnn import ops as wave_rnn_ops  # noqa: F401
+from .quantized_pde import ops as quantized_pde_ops  # noqa: F401
