@@ -83,7 +83,7 @@ def burgers_cole_hopf(u0_fn, nu: float, t: float, nx: int, n_fine: int = 8192) -
     U = torch.cumsum(u0, 0) / n_fine  # int_0^x u0 (rectangle rule at 8192 points)
     U = U - U.mean()
     phi_hat = torch.fft.rfft(torch.exp(-U / (2 * D)))
-    k = 2 * math.pi * torch.fft.rfftfreq(n_fine, d=1.0 / n_fine).to(DT)
+    k = 2 * math.pi * torch.fft.rfftfreq(n_fine, d=1.0 / n_fine, dtype=DT)
     phi_hat = phi_hat * torch.exp(-D * k * k * t)
     phi = torch.fft.irfft(phi_hat, n_fine)
     phi_x = torch.fft.irfft(1j * k * phi_hat, n_fine)
@@ -102,7 +102,7 @@ def generate_burgers(n_traj: int, nx: int = 256, nt: int = 51, t_end: float = 2.
 # ---------------------------------------------------------------------------- Kuramoto-Sivashinsky 1-D
 def ks_etdrk4_coefficients(L: torch.Tensor, nx: int, h: float, m: int = 32):
     """Kassam-Trefethen ETDRK4 coefficients for the linear operator k^2 - k^4 (per trajectory L)."""
-    k = 2 * math.pi * torch.fft.rfftfreq(nx, d=1.0 / nx).to(DT)[None, :] / L[:, None]
+    k = 2 * math.pi * torch.fft.rfftfreq(nx, d=1.0 / nx, dtype=DT)[None, :] / L[:, None]
     lin = k ** 2 - k ** 4
     E, E2 = torch.exp(h * lin), torch.exp(h * lin / 2)
     r = torch.exp(1j * math.pi * (torch.arange(1, m + 1, dtype=DT) - 0.5) / m)
@@ -164,8 +164,8 @@ class SpectralNS2d:
 
     def __init__(self, n: int, L: float, nu: float, buoyancy: float):
         self.n, self.L, self.nu, self.b = n, L, nu, buoyancy
-        k = 2 * math.pi * torch.fft.fftfreq(n, d=L / n).to(DT)
-        kr = 2 * math.pi * torch.fft.rfftfreq(n, d=L / n).to(DT)
+        k = 2 * math.pi * torch.fft.fftfreq(n, d=L / n, dtype=DT)
+        kr = 2 * math.pi * torch.fft.rfftfreq(n, d=L / n, dtype=DT)
         self.kx, self.ky = kr[None, :].expand(n, -1), k[:, None].expand(-1, n // 2 + 1)  # x last axis
         self.k2 = self.kx ** 2 + self.ky ** 2
         self.k2_inv = torch.where(self.k2 > 0, 1 / self.k2.clamp_min(1e-30), torch.zeros_like(self.k2))
@@ -220,8 +220,8 @@ class SpectralNS2d:
 def smooth_noise(n_traj: int, n: int, L: float, length: float, gen: torch.Generator) -> torch.Tensor:
     """Gaussian-filtered white noise, normalised to unit max per sample (smoke-like |noise|)."""
     noise = torch.randn(n_traj, n, n, generator=gen, dtype=DT)
-    k = 2 * math.pi * torch.fft.fftfreq(n, d=L / n).to(DT)
-    kr = 2 * math.pi * torch.fft.rfftfreq(n, d=L / n).to(DT)
+    k = 2 * math.pi * torch.fft.fftfreq(n, d=L / n, dtype=DT)
+    kr = 2 * math.pi * torch.fft.rfftfreq(n, d=L / n, dtype=DT)
     filt = torch.exp(-0.5 * (k[:, None] ** 2 + kr[None, :] ** 2) * length ** 2)
     f = torch.fft.irfft2(torch.fft.rfft2(noise) * filt, s=(n, n)).abs()
     return f / f.amax((1, 2), keepdim=True)
