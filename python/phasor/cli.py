@@ -8,6 +8,7 @@ import sys
 REPROS = {
     "rotating-features": "phasor.rotating_features.repro",
     "wave-rnn": "phasor.wave_rnn.repro",
+    "quantized-pde": "phasor.quantized_pde.repro",
 }
 
 

@@ -13,9 +13,9 @@ import torch
 from . import pde_data
 
 GENERATORS = {
-    "burgers1d": lambda n, seed, **kw: pde_data.generate_burgers(n, seed=seed, **kw)[:2],
-    "ks1d": lambda n, seed, **kw: pde_data.generate_ks(n, seed=seed, **kw)[:2],
-    "ns2d": lambda n, seed, **kw: pde_data.generate_ns2d(n, seed=seed, **kw)[:2],
+    "burgers1d": lambda n_traj, seed, **kw: pde_data.generate_burgers(n_traj, seed=seed, **kw)[:2],
+    "ks1d": lambda n_traj, seed, **kw: pde_data.generate_ks(n_traj, seed=seed, **kw)[:2],
+    "ns2d": lambda n_traj, seed, **kw: pde_data.generate_ns2d(n_traj, seed=seed, **kw)[:2],
 }
 
 try:
@@ -25,8 +25,8 @@ except ImportError:  # pragma: no cover - the fallback is exercised where h5py i
     HAVE_H5PY = False
 
 
-def _key(name, n, seed, params) -> str:
-    blob = json.dumps(dict(name=name, n=n, seed=seed, **params), sort_keys=True)
+def _key(name, n_traj, seed, params) -> str:
+    blob = json.dumps(dict(name=name, n_traj=n_traj, seed=seed, **params), sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -54,13 +54,13 @@ def load(path: str):
     return d["u"], d["params"]
 
 
-def get(name: str, n: int, seed: int, cache_dir: str, **params):
-    """Trajectories [n, frames, channels, *grid] of dataset `name`, generated once and cached."""
+def get(name: str, n_traj: int, seed: int, cache_dir: str, **params):
+    """Trajectories [n_traj, frames, channels, *grid] of dataset `name`, generated once and cached."""
     os.makedirs(cache_dir, exist_ok=True)
     ext = ".h5" if HAVE_H5PY else ".pt"
-    path = os.path.join(cache_dir, f"{name}_{n}_{seed}_{_key(name, n, seed, params)}{ext}")
+    path = os.path.join(cache_dir, f"{name}_{n_traj}_{seed}_{_key(name, n_traj, seed, params)}{ext}")
     if os.path.exists(path):
         return load(path)
-    u, meta = GENERATORS[name](n, seed, **params)
+    u, meta = GENERATORS[name](n_traj, seed, **params)
     save(path, u, meta)
     return u, meta

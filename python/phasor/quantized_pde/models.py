@@ -108,6 +108,8 @@ class SpectralConv(nn.Module):
     def quantized_weight(self):
         if self.weight_bits is None:
             return self.weight
+        with torch.no_grad():  # keep the learnt scales valid (the op rejects others)
+            self.weight_scale.clamp_(min=1e-8)
         return fake_quant_complex_per_channel(self.weight, self.weight_scale, axis=2, bits=self.weight_bits)
 
     def forward(self, x):
