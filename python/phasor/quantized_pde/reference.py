@@ -4,7 +4,7 @@ Fake quantization follows LSQ (Esser et al. 2020) with the LSQ+ zero point: roun
 straight-through gradient, so autograd of these expressions *is* the paper's gradient:
 d x_hat / d s = round(x/s) - x/s inside the range, qmin - z below and qmax - z above; the scale
 (and zero point) gradient is multiplied by grad_factor = 1 / sqrt(N * qmax) through the usual
-``s * g + (s - s * g).detach()`` trick. The products use ``x * (1 / s)`` as torch's own
+``s + (s g - (s g).detach())`` trick (forward value exactly s). The products use ``x * (1 / s)`` as torch's own
 fake_quantize kernels do, so results agree with them bit for bit.
 """
 from __future__ import annotations
@@ -18,7 +18,9 @@ def _round_ste(t: torch.Tensor) -> torch.Tensor:
 
 
 def _grad_scaled(t: torch.Tensor, factor: float) -> torch.Tensor:
-    return t * factor + (t - t * factor).detach()
+    # forward value exactly t (so the rounding matches the kernels bit for bit), gradient * factor
+    scaled = t * factor
+    return t.detach() + (scaled - scaled.detach())
 
 
 def fake_quant_per_tensor_ref(x, scale, zero_point, quant_min: int, quant_max: int, grad_factor: float = 1.0):
