@@ -9,9 +9,10 @@
 // (per tensor) or per (outer index, channel) row (per channel), then the partials are added in
 // index order, so the result does not depend on the thread count.
 //
-// The int8 convolution is an implicit GEMM over blocks of 64 output pixels: each task gathers its
-// pixels' receptive fields into a small unsigned-8-bit column tile (x + 128, padded positions hold
-// the zero point), multiplies it with the int8 weights [Co][K] (int32 accumulation; AVX-VNNI
+// The int8 convolution is an implicit GEMM over blocks of 64 output pixels: the input is first
+// rewritten channels-last as unsigned bytes (x + 128); each task gathers its pixels' receptive
+// fields into a small column tile (one contiguous Ci-byte copy per tap, the zero point where
+// padded), multiplies it with the int8 weights [Co][K] (int32 accumulation; AVX-VNNI
 // vpdpbusd where the CPU has it, a widening dot product otherwise), removes the zero point with the
 // weight row sums, and applies the epilogue (scale, bias, activation, requantisation) on the way out.
 #include "quantized_pde/qpde_cpu_entry.h"
@@ -233,17 +234,23 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp,
   const int64_t K = g.Ci * g.kh * g.kw, Kp = (K + 31) / 32 * 32, P = g.Ho * g.Wo;
   at::Tensor out = at::empty({g.N, g.Co, g.Ho, g.Wo}, x.options().dtype(int8_out ? at::kChar : at::kFloat));
   if (out.numel() == 0) return out;
-  // weights zero-padded to Kp (the padded columns then contribute nothing), their row sums, and
-  // the per-channel dequantisation multipliers
+  // weights reordered to k = (r, q, ci) (the order of the channels-last column rows below),
+  // zero-padded to Kp (the padded columns then contribute nothing), their row sums, and the
+  // per-channel dequantisation multipliers
   std::vector<int8_t> wp(g.Co * Kp, 0);
   std::vector<int32_t> wsum(g.Co, 0);
   std::vector<float> mult(g.Co), bias(g.Co, 0.f);
   const int8_t* wsrc = w.const_data_ptr<int8_t>();
   const float* wsc = w_scale.const_data_ptr<float>();
   for (int64_t co = 0; co < g.Co; ++co) {
-    std::memcpy(&wp[co * Kp], wsrc + co * K, K);
     int32_t s = 0;
-    for (int64_t k = 0; k < K; ++k) s += wsrc[co * K + k];
+    for (int64_t ci = 0; ci < g.Ci; ++ci)
+      for (int64_t r = 0; r < g.kh; ++r)
+        for (int64_t q = 0; q < g.kw; ++q) {
+          const int8_t v = wsrc[((co * g.Ci + ci) * g.kh + r) * g.kw + q];
+          wp[co * Kp + (r * g.kw + q) * g.Ci + ci] = v;
+          s += v;
+        }
     wsum[co] = s;
     mult[co] = static_cast<float>(x_scale) * wsc[co];
   }
@@ -252,7 +259,21 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp,
     std::memcpy(bias.data(), b.const_data_ptr<float>(), g.Co * sizeof(float));
   }
   const uint8_t zpu = static_cast<uint8_t>(x_zp + 128);
+  // the input once in channels-last unsigned form (x + 128), so each tap of a receptive field is
+  // one contiguous run of Ci bytes
   const int8_t* xp = x.const_data_ptr<int8_t>();
+  const int64_t HW = g.H * g.W;
+  std::vector<uint8_t> xt(g.N * HW * g.Ci);
+  at::parallel_for(0, g.N * g.H, 1, [&](int64_t b, int64_t e) {
+    for (int64_t nh = b; nh < e; ++nh) {
+      const int64_t n = nh / g.H, h = nh % g.H;
+      for (int64_t ci = 0; ci < g.Ci; ++ci) {
+        const int8_t* src = xp + (n * g.Ci + ci) * HW + h * g.W;
+        uint8_t* dst = &xt[(n * HW + h * g.W) * g.Ci + ci];
+        for (int64_t w_ = 0; w_ < g.W; ++w_) dst[w_ * g.Ci] = static_cast<uint8_t>(src[w_] + 128);
+      }
+    }
+  });
   const int64_t blocks_per_image = (P + kPix - 1) / kPix;
   const float inv_out = static_cast<float>(1.0 / out_scale);
 #if defined(PHASOR_QPDE_VNNI)
@@ -264,22 +285,22 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp,
     for (int64_t t = tb; t < te; ++t) {
       const int64_t n = t / blocks_per_image, p0 = (t % blocks_per_image) * kPix;
       const int64_t np = std::min(kPix, P - p0);
-      const int8_t* xn = xp + n * g.Ci * g.H * g.W;
-      // gather the receptive fields, shifted to unsigned (x + 128)
+      const uint8_t* xn = &xt[n * HW * g.Ci];
+      // gather the receptive fields: one Ci-byte run per tap (the zero point where padded)
       for (int64_t j = 0; j < np; ++j) {
         const int64_t oh = (p0 + j) / g.Wo, ow = (p0 + j) % g.Wo;
         uint8_t* cj = &col[j * Kp];
-        int64_t k = 0;
-        for (int64_t ci = 0; ci < g.Ci; ++ci)
-          for (int64_t r = 0; r < g.kh; ++r) {
-            const int64_t ih = oh * g.sh - g.ph + r * g.dh;
-            const bool row_in = ih >= 0 && ih < g.H;
-            const int8_t* xrow = xn + (ci * g.H + (row_in ? ih : 0)) * g.W;
-            for (int64_t q = 0; q < g.kw; ++q, ++k) {
-              const int64_t iw = ow * g.sw - g.pw + q * g.dw;
-              cj[k] = (row_in && iw >= 0 && iw < g.W) ? static_cast<uint8_t>(xrow[iw] + 128) : zpu;
-            }
+        for (int64_t r = 0; r < g.kh; ++r) {
+          const int64_t ih = oh * g.sh - g.ph + r * g.dh;
+          for (int64_t q = 0; q < g.kw; ++q) {
+            const int64_t iw = ow * g.sw - g.pw + q * g.dw;
+            uint8_t* dst = cj + (r * g.kw + q) * g.Ci;
+            if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W)
+              std::memcpy(dst, xn + (ih * g.W + iw) * g.Ci, g.Ci);
+            else
+              std::memset(dst, zpu, g.Ci);
           }
+        }
         std::memset(cj + K, 0, Kp - K);
       }
       // int32 GEMM: acc[co][j]
