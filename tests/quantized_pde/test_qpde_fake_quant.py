@@ -3,7 +3,8 @@ opcheck, torch.compile and bad inputs."""
 import pytest
 import torch
 from helpers import cpu_isa  # noqa: F401  (fixture)
-from helpers import assert_bad_input, check_compile, check_gradcheck, check_opcheck, compare_with_reference, noncontiguous
+from helpers import (assert_bad_input, check_compile, check_gradcheck, check_opcheck, compare_with_reference,
+                     noncontiguous, requires_cuda)
 
 from phasor.quantized_pde import ops
 from phasor.quantized_pde import reference as ref
@@ -160,3 +161,20 @@ def test_bad_inputs():
     assert_bad_input(fc, x, torch.ones(4), 2, -8, 7, names="axis")
     assert_bad_input(fc, x, torch.ones(3), 1, -8, 7, names="scale")
     assert_bad_input(fc, x, torch.tensor([1.0, 0.0, 1.0, 1.0]), 1, -8, 7, names="scale")
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_matches_cpu(dtype):
+    x, scale, zp, qmin, qmax = _tensor_args((3, 70, 50), dtype, 6, seed=6)
+    cot = torch.randn(x.shape, dtype=dtype)
+    outs = []
+    for dev in ("cpu", "cuda"):
+        xd, sd, zd = (t.to(dev).requires_grad_() for t in (x, scale, zp))
+        y = torch.ops.phasor.fake_quant_per_tensor(xd, sd, zd, qmin, qmax, 0.1)
+        outs.append([t.cpu() for t in (y, *torch.autograd.grad(y, (xd, sd, zd), cot.to(dev)))])
+        sc = (torch.rand(70, dtype=dtype) + 0.1).to(dev).requires_grad_()
+        yc = torch.ops.phasor.fake_quant_per_channel(xd, sc, 1, -32, 31, 0.1)
+        outs[-1] += [t.cpu() for t in (yc, *torch.autograd.grad(yc, (xd, sc), cot.to(dev)))]
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

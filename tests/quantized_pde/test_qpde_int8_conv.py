@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import cpu_isa  # noqa: F401  (fixture)
-from helpers import assert_bad_input, check_opcheck
+from helpers import assert_bad_input, check_opcheck, requires_cuda
 
 from phasor.quantized_pde import ops
 from phasor.quantized_pde import reference as ref
@@ -130,3 +130,17 @@ def test_bad_inputs():
     assert_bad_input(partial(c, output="int8", out_zero_point=128), x, 0.1, 0, w, ws, bias, names="out_zero_point")
     assert_bad_input(partial(c, stride=0), x, 0.1, 0, w, ws, bias, names="stride")
     assert_bad_input(c, x[:, :, :1, :1], 0.1, 0, w, ws, bias, names="kernel")
+
+
+@requires_cuda
+@pytest.mark.parametrize("geom", GEOMS)
+@pytest.mark.parametrize("output", ["float", "int8"])
+def test_cuda_matches_cpu(geom, output):
+    x, w, ws, bias, st, pad, dil = _case(geom, 5)
+    args = (0.03, -5, w, ws, bias, st, pad, dil, "gelu", output, 0.2, 3)
+    cpu = ops.int8_conv2d(x, *args)
+    gpu = ops.int8_conv2d(x.cuda(), args[0], args[1], *[a.cuda() for a in args[2:5]], *args[5:]).cpu()
+    if output == "float":
+        torch.testing.assert_close(gpu, cpu, rtol=1e-5, atol=1e-4)
+    else:
+        assert (gpu.int() - cpu.int()).abs().max().item() <= 1 if cpu.numel() else True
