@@ -3,18 +3,18 @@
 // (qpde_cpu_{base,avx2}.cpp define PHASOR_CPU_ISA); qpde_cpu.cpp picks one at run time.
 //
 // Fake quantization is elementwise: threads take contiguous element ranges, inner loops are
-// branch-free `omp simd` loops (torch's own formula: nearbyint(x * (1/s)) + z, clamp, - z, * s,
+// branch-free `omp simd` loops (torch's own formula: rint(x * (1/s)) + z, clamp, - z, * s,
 // so outputs equal torch.fake_quantize_* bit for bit). The backward produces grad_x and the
 // scale / zero-point gradients in the same pass; the sums are taken per fixed block of elements
 // (per tensor) or per (outer index, channel) row (per channel), then the partials are added in
 // index order, so the result does not depend on the thread count.
 //
 // The int8 convolution is an implicit GEMM over blocks of 64 output pixels: the input is first
-// rewritten channels-last as unsigned bytes (x + 128); each task gathers its pixels' receptive
-// fields into a small column tile (one contiguous Ci-byte copy per tap, the zero point where
-// padded), multiplies it with the int8 weights [Co][K] (int32 accumulation; AVX-VNNI
-// vpdpbusd where the CPU has it, a widening dot product otherwise), removes the zero point with the
-// weight row sums, and applies the epilogue (scale, bias, activation, requantisation) on the way out.
+// rewritten as unsigned bytes (x + 128) in a [N][Ci/4][H][W][4] layout; each task gathers its
+// pixels' receptive fields into a column tile [K/4][64][4] (contiguous row copies; the zero point
+// where padded), multiplies it with the int8 weights (int32 accumulation; AVX-VNNI vpdpbusd on
+// 4 x 16 register tiles where the CPU has it, a portable loop otherwise), removes the zero point
+// with the weight row sums, and applies the epilogue (scale, bias, activation, requantisation).
 #include "quantized_pde/qpde_cpu_entry.h"
 
 #include <ATen/Dispatch.h>
@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(PHASOR_QPDE_VNNI)
@@ -52,7 +53,7 @@ void fq_row(const T* x, T* y, int64_t n, T s, T z, T qmin, T qmax) {
   const T inv = T(1) / s;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
-    const T q = clampv(std::nearbyint(x[i] * inv) + z, qmin, qmax);
+    const T q = clampv(std::rint(x[i] * inv) + z, qmin, qmax);
     y[i] = (q - z) * s;
   }
 }
@@ -67,7 +68,7 @@ void fq_row_bwd(const T* g, const T* x, T* gx, int64_t n, T s, T z, T qmin, T qm
   double ss = 0, sz = 0;
 #pragma omp simd reduction(+ : ss, sz)
   for (int64_t i = 0; i < n; ++i) {
-    const T q = std::nearbyint(x[i] * inv) + z;
+    const T q = std::rint(x[i] * inv) + z;
     const bool lo = q < qmin, hi = q > qmax, out = lo || hi;
     const T xfq = (clampv(q, qmin, qmax) - z) * s;
     const T ds = lo ? ds_lo : (hi ? ds_hi : (xfq - x[i]) * inv);
@@ -79,45 +80,49 @@ void fq_row_bwd(const T* g, const T* x, T* gx, int64_t n, T s, T z, T qmin, T qm
   *dz_sum += sz;
 }
 
-// ---- int8 GEMM core: out[c * 4 + j] = sum_k w[c][k] * col[j][k] (u8 x s8 -> s32) ------------------
-void dot_tile_generic(const int8_t* w, int64_t ldw, int nco, const uint8_t* col, int64_t ldc, int np,
-                      int64_t K, int32_t* out) {
-  for (int c = 0; c < nco; ++c)
-    for (int j = 0; j < np; ++j) {
-      const int8_t* a = w + c * ldw;
-      const uint8_t* b = col + j * ldc;
-      int32_t s = 0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t k = 0; k < K; ++k) s += static_cast<int32_t>(a[k]) * static_cast<int32_t>(b[k]);
-      out[c * 4 + j] = s;
-    }
+// ---- int8 GEMM core over a column tile colT [K/4][kPix][4] (four consecutive k of one pixel per
+// 4 bytes): acc[c][j] = sum_k w[c][k] * col(j, k), u8 x s8 -> s32 ------------------------------------
+// Portable version: rows co in [c0, c1), pixels j < np.
+void gemm_generic(const int8_t* w, int64_t ldw, int64_t c0, int64_t c1, const uint8_t* colT, int64_t kpix,
+                  int64_t np, int64_t K, int32_t* acc, int64_t ldacc) {
+  for (int64_t c = c0; c < c1; ++c) {
+    int32_t* a = acc + c * ldacc;
+    for (int64_t j = 0; j < np; ++j) a[j] = 0;
+    for (int64_t kg = 0; kg < K / 4; ++kg)
+      for (int cc = 0; cc < 4; ++cc) {
+        const int32_t wv = w[c * ldw + kg * 4 + cc];
+        const uint8_t* col = colT + kg * kpix * 4 + cc;
+#pragma omp simd
+        for (int64_t j = 0; j < np; ++j) a[j] += wv * static_cast<int32_t>(col[j * 4]);
+      }
+  }
 }
 
 #if defined(PHASOR_QPDE_VNNI)
-__attribute__((target("avx2,avxvnni"))) inline int32_t hsum8(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-  return _mm_cvtsi128_si32(s);
-}
-
-// Full 2 x 4 tile, K a multiple of 32: 8 accumulators, 2 weight rows and one column row live.
-__attribute__((target("avx2,avxvnni"))) void dot_tile_2x4_vnni(const int8_t* w, int64_t ldw, const uint8_t* col,
-                                                                int64_t ldc, int64_t K, int32_t* out) {
-  __m256i acc[2][4];
-  for (auto& r : acc)
-    for (auto& a : r) a = _mm256_setzero_si256();
-  for (int64_t k = 0; k < K; k += 32) {
-    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
-    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + ldw + k));
-    for (int j = 0; j < 4; ++j) {
-      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + j * ldc + k));
-      acc[0][j] = _mm256_dpbusd_avx_epi32(acc[0][j], xv, w0);
-      acc[1][j] = _mm256_dpbusd_avx_epi32(acc[1][j], xv, w1);
+// 4 output channels x 16 pixels, pixels in the vector lanes (no horizontal sums); each weight
+// quadruple is broadcast to all lanes and vpdpbusd adds its four u8 x s8 products per lane.
+__attribute__((target("avx2,avxvnni"))) void gemm_4x16_vnni(const int8_t* w, int64_t ldw, const uint8_t* colT,
+                                                             int64_t kpix, int64_t K, int32_t* acc,
+                                                             int64_t ldacc) {
+  __m256i a[4][2];
+  for (auto& r : a)
+    for (auto& v : r) v = _mm256_setzero_si256();
+  for (int64_t kg = 0; kg < K / 4; ++kg) {
+    const uint8_t* c = colT + kg * kpix * 4;
+    const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
+    const __m256i c1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 32));
+    for (int r = 0; r < 4; ++r) {
+      int32_t wq;
+      std::memcpy(&wq, w + r * ldw + kg * 4, 4);
+      const __m256i wb = _mm256_set1_epi32(wq);
+      a[r][0] = _mm256_dpbusd_avx_epi32(a[r][0], c0, wb);
+      a[r][1] = _mm256_dpbusd_avx_epi32(a[r][1], c1, wb);
     }
   }
-  for (int c = 0; c < 2; ++c)
-    for (int j = 0; j < 4; ++j) out[c * 4 + j] = hsum8(acc[c][j]);
+  for (int r = 0; r < 4; ++r) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * ldacc), a[r][0]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * ldacc + 8), a[r][1]);
+  }
 }
 
 bool cpu_has_vnni() {
@@ -126,10 +131,45 @@ bool cpu_has_vnni() {
 }
 #endif
 
-inline float activate(float y, Act act) {
-  if (act == Act::Relu) return y > 0.f ? y : 0.f;
-  if (act == Act::Gelu) return 0.5f * y * (1.f + std::erf(y * 0.70710678118654752f));
+template <Act A>
+inline float activate(float y) {
+  if constexpr (A == Act::Relu) return y > 0.f ? y : 0.f;
+  if constexpr (A == Act::Gelu) return 0.5f * y * (1.f + std::erf(y * 0.70710678118654752f));
   return y;
+}
+
+// f(std::integral_constant<Act, act>) so each epilogue loop is compiled per activation
+// (branch-free, vectorisable for none / relu).
+template <typename F>
+void with_act(Act act, F&& f) {
+  switch (act) {
+    case Act::Relu: f(std::integral_constant<Act, Act::Relu>{}); return;
+    case Act::Gelu: f(std::integral_constant<Act, Act::Gelu>{}); return;
+    default: f(std::integral_constant<Act, Act::None>{}); return;
+  }
+}
+
+struct EpilogueRow {
+  const int32_t* acc;  // one output channel's accumulators for the block
+  int64_t n;
+  int32_t corr;        // z_x * sum(w): removes the zero point
+  float mult, bias;    // s_x * s_w[co], bias[co]
+};
+
+template <Act A>
+void epilogue_float(const EpilogueRow& r, float* out) {
+#pragma omp simd
+  for (int64_t j = 0; j < r.n; ++j) out[j] = activate<A>(static_cast<float>(r.acc[j] - r.corr) * r.mult + r.bias);
+}
+
+template <Act A>
+void epilogue_int8(const EpilogueRow& r, float inv_out, int64_t out_zp, int8_t* out) {
+  const float z = static_cast<float>(out_zp);
+#pragma omp simd
+  for (int64_t j = 0; j < r.n; ++j) {
+    const float y = activate<A>(static_cast<float>(r.acc[j] - r.corr) * r.mult + r.bias);
+    out[j] = static_cast<int8_t>(clampv(std::rint(y * inv_out) + z, -128.f, 127.f));
+  }
 }
 
 }  // namespace
@@ -231,13 +271,13 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp,
                            const ConvGeom& g, Act act, bool int8_out, double out_scale, int64_t out_zp) {
   constexpr int64_t kPix = 64;  // output pixels per task: the column tile stays in L1/L2
   const at::Tensor x = x_in.contiguous(), w = w_in.contiguous(), w_scale = w_scale_in.contiguous();
-  const int64_t K = g.Ci * g.kh * g.kw, Kp = (K + 31) / 32 * 32, P = g.Ho * g.Wo;
+  const int64_t C4 = (g.Ci + 3) / 4, taps = g.kh * g.kw, K = taps * C4 * 4, P = g.Ho * g.Wo;
   at::Tensor out = at::empty({g.N, g.Co, g.Ho, g.Wo}, x.options().dtype(int8_out ? at::kChar : at::kFloat));
   if (out.numel() == 0) return out;
-  // weights reordered to k = (r, q, ci) (the order of the channels-last column rows below),
-  // zero-padded to Kp (the padded columns then contribute nothing), their row sums, and the
-  // per-channel dequantisation multipliers
-  std::vector<int8_t> wp(g.Co * Kp, 0);
+  // weights in the column order k = ((r * kw + q) * C4 + c4) * 4 + cc (channel ci = 4 c4 + cc; the
+  // channels padded up to a multiple of 4 get weight 0), their row sums, and the per-channel
+  // dequantisation multipliers
+  std::vector<int8_t> wp(g.Co * K, 0);
   std::vector<int32_t> wsum(g.Co, 0);
   std::vector<float> mult(g.Co), bias(g.Co, 0.f);
   const int8_t* wsrc = w.const_data_ptr<int8_t>();
@@ -245,12 +285,11 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp,
   for (int64_t co = 0; co < g.Co; ++co) {
     int32_t s = 0;
     for (int64_t ci = 0; ci < g.Ci; ++ci)
-      for (int64_t r = 0; r < g.kh; ++r)
-        for (int64_t q = 0; q < g.kw; ++q) {
-          const int8_t v = wsrc[((co * g.Ci + ci) * g.kh + r) * g.kw + q];
-          wp[co * Kp + (r * g.kw + q) * g.Ci + ci] = v;
-          s += v;
-        }
+      for (int64_t t = 0; t < taps; ++t) {
+        const int8_t v = wsrc[(co * g.Ci + ci) * taps + t];
+        wp[co * K + (t * C4 + ci / 4) * 4 + ci % 4] = v;
+        s += v;
+      }
     wsum[co] = s;
     mult[co] = static_cast<float>(x_scale) * wsc[co];
   }
@@ -259,19 +298,18 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp,
     std::memcpy(bias.data(), b.const_data_ptr<float>(), g.Co * sizeof(float));
   }
   const uint8_t zpu = static_cast<uint8_t>(x_zp + 128);
-  // the input once in channels-last unsigned form (x + 128), so each tap of a receptive field is
-  // one contiguous run of Ci bytes
+  // the input once as unsigned bytes (x + 128) in [N][C4][H][W][4] layout: for a fixed channel
+  // quadruple and input row, consecutive pixels are consecutive 4-byte groups, so a stride-1
+  // row of a receptive-field tap is one contiguous copy into the column tile
   const int8_t* xp = x.const_data_ptr<int8_t>();
   const int64_t HW = g.H * g.W;
-  std::vector<uint8_t> xt(g.N * HW * g.Ci);
-  at::parallel_for(0, g.N * g.H, 1, [&](int64_t b, int64_t e) {
-    for (int64_t nh = b; nh < e; ++nh) {
-      const int64_t n = nh / g.H, h = nh % g.H;
-      for (int64_t ci = 0; ci < g.Ci; ++ci) {
-        const int8_t* src = xp + (n * g.Ci + ci) * HW + h * g.W;
-        uint8_t* dst = &xt[(n * HW + h * g.W) * g.Ci + ci];
-        for (int64_t w_ = 0; w_ < g.W; ++w_) dst[w_ * g.Ci] = static_cast<uint8_t>(src[w_] + 128);
-      }
+  std::vector<uint8_t> xt(g.N * C4 * HW * 4, zpu);
+  at::parallel_for(0, g.N * g.Ci, 1, [&](int64_t b, int64_t e) {
+    for (int64_t nc = b; nc < e; ++nc) {
+      const int64_t n = nc / g.Ci, ci = nc % g.Ci;
+      const int8_t* src = xp + nc * HW;
+      uint8_t* dst = &xt[((n * C4 + ci / 4) * HW) * 4 + ci % 4];
+      for (int64_t i = 0; i < HW; ++i) dst[i * 4] = static_cast<uint8_t>(src[i] + 128);
     }
   });
   const int64_t blocks_per_image = (P + kPix - 1) / kPix;
@@ -280,62 +318,59 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp,
   const bool vnni = cpu_has_vnni();
 #endif
   at::parallel_for(0, g.N * blocks_per_image, 1, [&](int64_t tb, int64_t te) {
-    std::vector<uint8_t> col(kPix * Kp);
+    std::vector<uint8_t> colT(K * kPix, zpu);  // [K/4][kPix][4]
     std::vector<int32_t> acc(kPix * g.Co);
     for (int64_t t = tb; t < te; ++t) {
       const int64_t n = t / blocks_per_image, p0 = (t % blocks_per_image) * kPix;
       const int64_t np = std::min(kPix, P - p0);
-      const uint8_t* xn = &xt[n * HW * g.Ci];
-      // gather the receptive fields: one Ci-byte run per tap (the zero point where padded)
-      for (int64_t j = 0; j < np; ++j) {
-        const int64_t oh = (p0 + j) / g.Wo, ow = (p0 + j) % g.Wo;
-        uint8_t* cj = &col[j * Kp];
-        for (int64_t r = 0; r < g.kh; ++r) {
+      // gather: for each (tap, channel quadruple), the block's pixels run by output row
+      for (int64_t kg = 0; kg < K / 4; ++kg) {
+        const int64_t tap = kg / C4, c4 = kg % C4, r = tap / g.kw, q = tap % g.kw;
+        uint8_t* dst = &colT[kg * kPix * 4];
+        const uint8_t* plane = &xt[(n * C4 + c4) * HW * 4];
+        for (int64_t j = 0; j < np;) {
+          const int64_t oh = (p0 + j) / g.Wo, ow = (p0 + j) % g.Wo, run = std::min(np - j, g.Wo - ow);
           const int64_t ih = oh * g.sh - g.ph + r * g.dh;
-          for (int64_t q = 0; q < g.kw; ++q) {
-            const int64_t iw = ow * g.sw - g.pw + q * g.dw;
-            uint8_t* dst = cj + (r * g.kw + q) * g.Ci;
-            if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W)
-              std::memcpy(dst, xn + (ih * g.W + iw) * g.Ci, g.Ci);
-            else
-              std::memset(dst, zpu, g.Ci);
+          if (ih < 0 || ih >= g.H) {
+            std::memset(dst + j * 4, zpu, run * 4);
+          } else {
+            const uint8_t* row = plane + ih * g.W * 4;
+            const int64_t iw0 = ow * g.sw - g.pw + q * g.dw, iw1 = iw0 + (run - 1) * g.sw;
+            if (g.sw == 1 && iw0 >= 0 && iw1 < g.W) {
+              std::memcpy(dst + j * 4, row + iw0 * 4, run * 4);
+            } else {
+              for (int64_t u = 0; u < run; ++u) {
+                const int64_t iw = iw0 + u * g.sw;
+                if (iw >= 0 && iw < g.W)
+                  std::memcpy(dst + (j + u) * 4, row + iw * 4, 4);
+                else
+                  std::memset(dst + (j + u) * 4, zpu, 4);
+              }
+            }
           }
+          j += run;
         }
-        std::memset(cj + K, 0, Kp - K);
       }
-      // int32 GEMM: acc[co][j]
-      int32_t tile[8];
-      for (int64_t co = 0; co < g.Co; co += 2) {
-        const int nco = static_cast<int>(std::min<int64_t>(2, g.Co - co));
-        for (int64_t j = 0; j < np; j += 4) {
-          const int nj = static_cast<int>(std::min<int64_t>(4, np - j));
+      // int32 GEMM: acc[co][j] (a partial block computes all kPix lanes; the extra are never read)
+      int64_t co_done = 0;
 #if defined(PHASOR_QPDE_VNNI)
-          if (vnni && nco == 2 && nj == 4)
-            dot_tile_2x4_vnni(&wp[co * Kp], Kp, &col[j * Kp], Kp, Kp, tile);
-          else
-#endif
-            dot_tile_generic(&wp[co * Kp], Kp, nco, &col[j * Kp], Kp, nj, Kp, tile);
-          for (int c = 0; c < nco; ++c)
-            for (int jj = 0; jj < nj; ++jj) acc[(co + c) * kPix + j + jj] = tile[c * 4 + jj];
-        }
+      if (vnni) {
+        co_done = g.Co / 4 * 4;
+        for (int64_t co = 0; co < co_done; co += 4)
+          for (int64_t j = 0; j < np; j += 16)
+            gemm_4x16_vnni(&wp[co * K], K, &colT[j * 4], kPix, K, &acc[co * kPix + j], kPix);
       }
+#endif
+      gemm_generic(wp.data(), K, co_done, g.Co, colT.data(), kPix, np, K, acc.data(), kPix);
       // epilogue: remove the zero point, dequantise, bias, activation, output
       for (int64_t co = 0; co < g.Co; ++co) {
-        const int32_t corr = static_cast<int32_t>(zpu) * wsum[co];
-        const float m = mult[co], b = bias[co];
-        const int32_t* a = &acc[co * kPix];
         const int64_t o = (n * g.Co + co) * P + p0;
-        if (int8_out) {
-          int8_t* op = out.mutable_data_ptr<int8_t>() + o;
-          for (int64_t j = 0; j < np; ++j) {
-            const float y = activate(static_cast<float>(a[j] - corr) * m + b, act);
-            const float q = clampv(std::nearbyint(y * inv_out) + static_cast<float>(out_zp), -128.f, 127.f);
-            op[j] = static_cast<int8_t>(q);
-          }
-        } else {
-          float* op = out.mutable_data_ptr<float>() + o;
-          for (int64_t j = 0; j < np; ++j) op[j] = activate(static_cast<float>(a[j] - corr) * m + b, act);
-        }
+        const EpilogueRow row{&acc[co * kPix], np, static_cast<int32_t>(zpu) * wsum[co], mult[co], bias[co]};
+        if (int8_out)
+          with_act(act, [&](auto a) { epilogue_int8<decltype(a)::value>(row, inv_out, out_zp,
+                                                                           out.mutable_data_ptr<int8_t>() + o); });
+        else
+          with_act(act, [&](auto a) { epilogue_float<decltype(a)::value>(row, out.mutable_data_ptr<float>() + o); });
       }
     }
   });
