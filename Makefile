@@ -46,7 +46,7 @@ cuda-check: venv
 	bash tools/cuda_check.sh $(PY)
 
 # `make repro REPROS=wave-rnn` runs one; each job resumes from its checkpoints.
-REPROS ?= rotating-features wave-rnn complex-rnn gta
+REPROS ?= rotating-features wave-rnn complex-rnn gta quantized-pde
 repro: build
 	@for r in $(REPROS); do $(PY) -m phasor repro $$r || exit 1; done
 

@@ -26,3 +26,6 @@ F* for_active_isa(F* base, F* avx2, F* avx512) {
 }
 
 }  // namespace phasor
+
+// The active build of kernel `fn`, declared in namespaces base, avx2 and avx512 where it is used.
+#define PHASOR_ISA_KERNEL(fn) ::phasor::for_active_isa(&base::fn, &avx2::fn, &avx512::fn)

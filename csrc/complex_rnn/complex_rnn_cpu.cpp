@@ -10,14 +10,14 @@ namespace {
 
 at::Tensor run(const at::Tensor& x0, const at::Tensor& omega, const c10::optional<at::Tensor>& mask, double alpha,
                double sigma, int64_t steps, bool renorm, int64_t start, int64_t stop, bool save_phase) {
-  auto f = for_active_isa(&base::cvrnn_run_cpu, &avx2::cvrnn_run_cpu, &avx512::cvrnn_run_cpu);
+  auto f = PHASOR_ISA_KERNEL(cvrnn_run_cpu);
   return f(x0, omega, mask, alpha, sigma, steps, renorm, start, stop, save_phase);
 }
 
 at::Tensor run_dense(const at::Tensor& x0, const at::Tensor& omega, const at::Tensor& K,
                      const c10::optional<at::Tensor>& mask, int64_t steps, bool renorm, int64_t start, int64_t stop,
                      bool save_phase) {
-  auto f = for_active_isa(&base::cvrnn_run_dense_cpu, &avx2::cvrnn_run_dense_cpu, &avx512::cvrnn_run_dense_cpu);
+  auto f = PHASOR_ISA_KERNEL(cvrnn_run_dense_cpu);
   return f(x0, omega, K, mask, steps, renorm, start, stop, save_phase);
 }
 

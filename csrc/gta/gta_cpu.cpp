@@ -31,7 +31,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
   const char* op = "phasor::gta_attention_fwd";
   const Dims D = check_fwd(op, q, k, v, q_se3, k_se3, q_so3, k_so3, q_pos, k_pos, freqs, dims, key_mask);
   check_cpu_dtype(op, q);
-  return for_active_isa(&base::gta_fwd_cpu, &avx2::gta_fwd_cpu, &avx512::gta_fwd_cpu)(
+  return PHASOR_ISA_KERNEL(gta_fwd_cpu)(
       D, q.contiguous(), k.contiguous(), v.contiguous(), geo_of(q_se3, k_se3, q_so3, k_so3, q_pos, k_pos, freqs),
       contiguous_mask(key_mask), scale, v_transform);
 }
@@ -45,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd(
   const Dims D = check_bwd(op, grad_out, q, k, v, out, lse, q_se3, k_se3, q_so3, k_so3, q_pos, k_pos, freqs, dims,
                            key_mask);
   check_cpu_dtype(op, q);
-  return for_active_isa(&base::gta_bwd_cpu, &avx2::gta_bwd_cpu, &avx512::gta_bwd_cpu)(
+  return PHASOR_ISA_KERNEL(gta_bwd_cpu)(
       D, grad_out.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), lse.contiguous(),
       geo_of(q_se3, k_se3, q_so3, k_so3, q_pos, k_pos, freqs), contiguous_mask(key_mask), scale, v_transform);
 }

@@ -10,27 +10,27 @@ namespace {
 
 Fwd4 rot_bn_fwd(const at::Tensor& psi, const OptT& chi, const at::Tensor& rot_bias, const at::Tensor& weight,
                 const at::Tensor& bias, const OptT& rm, const OptT& rv, bool training, double eps) {
-  auto f = for_active_isa(&base::rot_bn_fwd_cpu, &avx2::rot_bn_fwd_cpu, &avx512::rot_bn_fwd_cpu);
+  auto f = PHASOR_ISA_KERNEL(rot_bn_fwd_cpu);
   return f(psi, chi, rot_bias, weight, bias, rm, rv, training, eps);
 }
 
 Bwd5 rot_bn_bwd(const at::Tensor& g, const OptT& gm, const at::Tensor& psi, const OptT& chi,
                 const at::Tensor& rot_bias, const at::Tensor& weight, const at::Tensor& bias,
                 const at::Tensor& mean, const at::Tensor& var, bool training, double eps) {
-  auto f = for_active_isa(&base::rot_bn_bwd_cpu, &avx2::rot_bn_bwd_cpu, &avx512::rot_bn_bwd_cpu);
+  auto f = PHASOR_ISA_KERNEL(rot_bn_bwd_cpu);
   return f(g, gm, psi, chi, rot_bias, weight, bias, mean, var, training, eps);
 }
 
 Fwd4 rot_ln_fwd(const at::Tensor& psi, const at::Tensor& chi, const at::Tensor& rot_bias, const at::Tensor& weight,
                 const at::Tensor& bias, double eps) {
-  auto f = for_active_isa(&base::rot_ln_fwd_cpu, &avx2::rot_ln_fwd_cpu, &avx512::rot_ln_fwd_cpu);
+  auto f = PHASOR_ISA_KERNEL(rot_ln_fwd_cpu);
   return f(psi, chi, rot_bias, weight, bias, eps);
 }
 
 Bwd5 rot_ln_bwd(const at::Tensor& g, const OptT& gm, const at::Tensor& psi, const at::Tensor& chi,
                 const at::Tensor& rot_bias, const at::Tensor& weight, const at::Tensor& bias,
                 const at::Tensor& mean, const at::Tensor& rstd) {
-  auto f = for_active_isa(&base::rot_ln_bwd_cpu, &avx2::rot_ln_bwd_cpu, &avx512::rot_ln_bwd_cpu);
+  auto f = PHASOR_ISA_KERNEL(rot_ln_bwd_cpu);
   return f(g, gm, psi, chi, rot_bias, weight, bias, mean, rstd);
 }
 

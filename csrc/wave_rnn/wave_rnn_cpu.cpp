@@ -10,29 +10,27 @@ namespace {
 
 at::Tensor fwd(const at::Tensor& u, const at::Tensor& w, const at::Tensor& b, const at::Tensor& h0,
                c10::string_view act, bool return_all) {
-  auto f = for_active_isa(&base::wave_rnn_fwd_cpu, &avx2::wave_rnn_fwd_cpu, &avx512::wave_rnn_fwd_cpu);
+  auto f = PHASOR_ISA_KERNEL(wave_rnn_fwd_cpu);
   return f(u, w, b, h0, act, return_all);
 }
 
 at::Tensor proj_fwd(const at::Tensor& x, const at::Tensor& V, const at::Tensor& bV, const at::Tensor& w,
                     const at::Tensor& b, const at::Tensor& h0, c10::string_view act, bool return_all) {
-  auto f = for_active_isa(&base::wave_rnn_proj_fwd_cpu, &avx2::wave_rnn_proj_fwd_cpu,
-                          &avx512::wave_rnn_proj_fwd_cpu);
+  auto f = PHASOR_ISA_KERNEL(wave_rnn_proj_fwd_cpu);
   return f(x, V, bV, w, b, h0, act, return_all);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd(const at::Tensor& gH, const at::Tensor& H,
                                                                const at::Tensor& h0, const at::Tensor& w,
                                                                c10::string_view act) {
-  auto f = for_active_isa(&base::wave_rnn_bwd_cpu, &avx2::wave_rnn_bwd_cpu, &avx512::wave_rnn_bwd_cpu);
+  auto f = PHASOR_ISA_KERNEL(wave_rnn_bwd_cpu);
   return f(gH, H, h0, w, act);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> proj_bwd(
     const at::Tensor& gH, const at::Tensor& H, const at::Tensor& x, const at::Tensor& V, const at::Tensor& h0,
     const at::Tensor& w, c10::string_view act) {
-  auto f = for_active_isa(&base::wave_rnn_proj_bwd_cpu, &avx2::wave_rnn_proj_bwd_cpu,
-                          &avx512::wave_rnn_proj_bwd_cpu);
+  auto f = PHASOR_ISA_KERNEL(wave_rnn_proj_bwd_cpu);
   return f(gH, H, x, V, h0, w, act);
 }
 

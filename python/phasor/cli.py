@@ -10,6 +10,7 @@ REPROS = {
     "wave-rnn": "phasor.wave_rnn.repro",
     "complex-rnn": "phasor.complex_rnn.repro",
     "gta": "phasor.gta.repro",
+    "quantized-pde": "phasor.quantized_pde.repro",
 }
 
 

@@ -40,7 +40,7 @@ def register(op: str, name: str, devices=("cpu", "cuda")):
 
 
 # Every system with benchmark cases (python/phasor/<system>/bench_cases.py).
-SYSTEMS = ("rotating_features", "wave_rnn", "complex_rnn", "gta")
+SYSTEMS = ("rotating_features", "wave_rnn", "complex_rnn", "gta", "quantized_pde")
 
 
 def all_cases() -> List[CaseSpec]:

@@ -1,0 +1,380 @@
+// CPU kernels of the quantized-PDE ops: fused fake quantization (forward and one-pass backward)
+// and the int8 convolution with its epilogue. Compiled once per instruction set
+// (qpde_cpu_{base,avx2}.cpp define PHASOR_CPU_ISA); qpde_cpu.cpp picks one at run time.
+//
+// Fake quantization is elementwise: threads take contiguous element ranges, inner loops are
+// branch-free `omp simd` loops (torch's own formula: rint(x * (1/s)) + z, clamp, - z, * s,
+// so outputs equal torch.fake_quantize_* bit for bit). The backward produces grad_x and the
+// scale / zero-point gradients in the same pass; the sums are taken per fixed block of elements
+// (per tensor) or per (outer index, channel) row (per channel), then the partials are added in
+// index order, so the result does not depend on the thread count.
+//
+// The int8 convolution is an implicit GEMM over blocks of 64 output pixels: the input is first
+// rewritten as unsigned bytes (x + 128) in a [N][Ci/4][H][W][4] layout; each task gathers its
+// pixels' receptive fields into a column tile [K/4][64][4] (contiguous row copies; the zero point
+// where padded), multiplies it with the int8 weights (int32 accumulation; AVX-VNNI vpdpbusd on
+// 4 x 16 register tiles where the CPU has it, a portable loop otherwise), removes the zero point
+// with the weight row sums, and applies the epilogue (scale, bias, activation, requantisation).
+#include "quantized_pde/qpde_cpu_entry.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#if defined(PHASOR_QPDE_VNNI)
+#include <immintrin.h>
+#endif
+
+#ifndef PHASOR_CPU_ISA
+#error "define PHASOR_CPU_ISA (the namespace of this instruction-set variant) before including"
+#endif
+
+namespace phasor::qpde::PHASOR_CPU_ISA {
+namespace {
+
+constexpr int64_t kGrain = 1 << 15;       // elements per parallel task (elementwise loops)
+constexpr int64_t kReduceBlock = 1 << 12;  // elements per fixed-order partial sum (per tensor)
+
+template <typename T>
+inline T clampv(T v, T lo, T hi) {
+  v = v < lo ? lo : v;
+  return v > hi ? hi : v;
+}
+
+template <typename T>
+void fq_row(const T* x, T* y, int64_t n, T s, T z, T qmin, T qmax) {
+  const T inv = T(1) / s;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const T q = clampv(std::rint(x[i] * inv) + z, qmin, qmax);
+    y[i] = (q - z) * s;
+  }
+}
+
+// grad_x (straight through inside the range), and returns the row's sums of grad * d x_hat/d s
+// (without the LSQ factor) and grad * d x_hat/d z.
+template <typename T>
+void fq_row_bwd(const T* g, const T* x, T* gx, int64_t n, T s, T z, T qmin, T qmax, double* ds_sum,
+                double* dz_sum) {
+  const T inv = T(1) / s;
+  const T ds_lo = qmin - z, ds_hi = qmax - z;
+  double ss = 0, sz = 0;
+#pragma omp simd reduction(+ : ss, sz)
+  for (int64_t i = 0; i < n; ++i) {
+    const T q = std::rint(x[i] * inv) + z;
+    const bool lo = q < qmin, hi = q > qmax, out = lo || hi;
+    const T xfq = (clampv(q, qmin, qmax) - z) * s;
+    const T ds = lo ? ds_lo : (hi ? ds_hi : (xfq - x[i]) * inv);
+    gx[i] = out ? T(0) : g[i];
+    ss += static_cast<double>(g[i] * ds);
+    sz += out ? static_cast<double>(-g[i] * s) : 0.0;
+  }
+  *ds_sum += ss;
+  *dz_sum += sz;
+}
+
+// ---- int8 GEMM core over a column tile colT [K/4][kPix][4] (four consecutive k of one pixel per
+// 4 bytes): acc[c][j] = sum_k w[c][k] * col(j, k), u8 x s8 -> s32 ------------------------------------
+// Portable version: rows co in [c0, c1), pixels j < np.
+void gemm_generic(const int8_t* w, int64_t ldw, int64_t c0, int64_t c1, const uint8_t* colT, int64_t kpix,
+                  int64_t np, int64_t K, int32_t* acc, int64_t ldacc) {
+  for (int64_t c = c0; c < c1; ++c) {
+    int32_t* a = acc + c * ldacc;
+    for (int64_t j = 0; j < np; ++j) a[j] = 0;
+    for (int64_t kg = 0; kg < K / 4; ++kg)
+      for (int cc = 0; cc < 4; ++cc) {
+        const int32_t wv = w[c * ldw + kg * 4 + cc];
+        const uint8_t* col = colT + kg * kpix * 4 + cc;
+#pragma omp simd
+        for (int64_t j = 0; j < np; ++j) a[j] += wv * static_cast<int32_t>(col[j * 4]);
+      }
+  }
+}
+
+#if defined(PHASOR_QPDE_VNNI)
+// 4 output channels x 16 pixels, pixels in the vector lanes (no horizontal sums); each weight
+// quadruple is broadcast to all lanes and vpdpbusd adds its four u8 x s8 products per lane.
+__attribute__((target("avx2,avxvnni"))) void gemm_4x16_vnni(const int8_t* w, int64_t ldw, const uint8_t* colT,
+                                                             int64_t kpix, int64_t K, int32_t* acc,
+                                                             int64_t ldacc) {
+  __m256i a[4][2];
+  for (auto& r : a)
+    for (auto& v : r) v = _mm256_setzero_si256();
+  for (int64_t kg = 0; kg < K / 4; ++kg) {
+    const uint8_t* c = colT + kg * kpix * 4;
+    const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
+    const __m256i c1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 32));
+    for (int r = 0; r < 4; ++r) {
+      int32_t wq;
+      std::memcpy(&wq, w + r * ldw + kg * 4, 4);
+      const __m256i wb = _mm256_set1_epi32(wq);
+      a[r][0] = _mm256_dpbusd_avx_epi32(a[r][0], c0, wb);
+      a[r][1] = _mm256_dpbusd_avx_epi32(a[r][1], c1, wb);
+    }
+  }
+  for (int r = 0; r < 4; ++r) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * ldacc), a[r][0]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * ldacc + 8), a[r][1]);
+  }
+}
+
+bool cpu_has_vnni() {
+  static const bool has = __builtin_cpu_supports("avxvnni");
+  return has;
+}
+#endif
+
+template <Act A>
+inline float activate(float y) {
+  if constexpr (A == Act::Relu) return y > 0.f ? y : 0.f;
+  if constexpr (A == Act::Gelu) return 0.5f * y * (1.f + std::erf(y * 0.70710678118654752f));
+  return y;
+}
+
+// f(std::integral_constant<Act, act>) so each epilogue loop is compiled per activation
+// (branch-free, vectorisable for none / relu).
+template <typename F>
+void with_act(Act act, F&& f) {
+  switch (act) {
+    case Act::Relu: f(std::integral_constant<Act, Act::Relu>{}); return;
+    case Act::Gelu: f(std::integral_constant<Act, Act::Gelu>{}); return;
+    default: f(std::integral_constant<Act, Act::None>{}); return;
+  }
+}
+
+struct EpilogueRow {
+  const int32_t* acc;  // one output channel's accumulators for the block
+  int64_t n;
+  int32_t corr;        // z_x * sum(w): removes the zero point
+  float mult, bias;    // s_x * s_w[co], bias[co]
+};
+
+template <Act A>
+void epilogue_float(const EpilogueRow& r, float* out) {
+#pragma omp simd
+  for (int64_t j = 0; j < r.n; ++j) out[j] = activate<A>(static_cast<float>(r.acc[j] - r.corr) * r.mult + r.bias);
+}
+
+template <Act A>
+void epilogue_int8(const EpilogueRow& r, float inv_out, int64_t out_zp, int8_t* out) {
+  const float z = static_cast<float>(out_zp);
+#pragma omp simd
+  for (int64_t j = 0; j < r.n; ++j) {
+    const float y = activate<A>(static_cast<float>(r.acc[j] - r.corr) * r.mult + r.bias);
+    out[j] = static_cast<int8_t>(clampv(std::rint(y * inv_out) + z, -128.f, 127.f));
+  }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------- fake quantization
+at::Tensor fq_per_tensor_cpu(const at::Tensor& x_in, double scale, double zero_point, int64_t qmin, int64_t qmax) {
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fake_quant_per_tensor", [&] {
+    const scalar_t s = static_cast<scalar_t>(scale), z = static_cast<scalar_t>(zero_point);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, x.numel(), kGrain, [&](int64_t b, int64_t e) {
+      fq_row<scalar_t>(xp + b, yp + b, e - b, s, z, scalar_t(qmin), scalar_t(qmax));
+    });
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, double, double> fq_per_tensor_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
+                                                             double scale, double zero_point, int64_t qmin,
+                                                             int64_t qmax) {
+  const at::Tensor x = x_in.contiguous(), g = grad_in.contiguous();
+  at::Tensor gx = at::empty(x.sizes(), x.options());
+  const int64_t n = x.numel(), nblocks = (n + kReduceBlock - 1) / kReduceBlock;
+  std::vector<double> ps(nblocks, 0.0), pz(nblocks, 0.0);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fake_quant_per_tensor_bwd", [&] {
+    const scalar_t s = static_cast<scalar_t>(scale), z = static_cast<scalar_t>(zero_point);
+    const scalar_t *xp = x.const_data_ptr<scalar_t>(), *gp = g.const_data_ptr<scalar_t>();
+    scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, nblocks, 4, [&](int64_t b, int64_t e) {
+      for (int64_t blk = b; blk < e; ++blk) {
+        const int64_t lo = blk * kReduceBlock, len = std::min(kReduceBlock, n - lo);
+        fq_row_bwd<scalar_t>(gp + lo, xp + lo, gxp + lo, len, s, z, scalar_t(qmin), scalar_t(qmax), &ps[blk],
+                             &pz[blk]);
+      }
+    });
+  });
+  double ss = 0, sz = 0;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    ss += ps[b];
+    sz += pz[b];
+  }
+  return {gx, ss, sz};
+}
+
+at::Tensor fq_per_channel_cpu(const at::Tensor& x_in, const at::Tensor& scale_in, int64_t axis, int64_t qmin,
+                              int64_t qmax) {
+  const at::Tensor x = x_in.contiguous(), scale = scale_in.contiguous();
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  const int64_t C = x.size(axis), inner = x.stride(axis), outer = C ? x.numel() / (C * inner) : 0;
+  if (x.numel() == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fake_quant_per_channel", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* sp = scale.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, kGrain / inner);
+    at::parallel_for(0, outer * C, grain, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r)
+        fq_row<scalar_t>(xp + r * inner, yp + r * inner, inner, sp[r % C], scalar_t(0), scalar_t(qmin),
+                         scalar_t(qmax));
+    });
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> fq_per_channel_bwd_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
+                                                          const at::Tensor& scale_in, int64_t axis, int64_t qmin,
+                                                          int64_t qmax, double factor) {
+  const at::Tensor x = x_in.contiguous(), g = grad_in.contiguous(), scale = scale_in.contiguous();
+  at::Tensor gx = at::empty(x.sizes(), x.options());
+  at::Tensor gs = at::zeros(scale.sizes(), scale.options());
+  if (x.numel() == 0) return {gx, gs};
+  const int64_t C = x.size(axis), inner = x.stride(axis), outer = x.numel() / (C * inner);
+  std::vector<double> part(outer * C, 0.0), unused(outer * C, 0.0);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fake_quant_per_channel_bwd", [&] {
+    const scalar_t *xp = x.const_data_ptr<scalar_t>(), *gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* sp = scale.const_data_ptr<scalar_t>();
+    scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, kGrain / inner);
+    at::parallel_for(0, outer * C, grain, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r)
+        fq_row_bwd<scalar_t>(gp + r * inner, xp + r * inner, gxp + r * inner, inner, sp[r % C], scalar_t(0),
+                             scalar_t(qmin), scalar_t(qmax), &part[r], &unused[r]);
+    });
+    scalar_t* gsp = gs.mutable_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < C; ++c) {  // partials added in outer-index order
+      double acc = 0;
+      for (int64_t o = 0; o < outer; ++o) acc += part[o * C + c];
+      gsp[c] = static_cast<scalar_t>(acc * factor);
+    }
+  });
+  return {gx, gs};
+}
+
+// ------------------------------------------------------------------------- int8 convolution
+at::Tensor int8_conv2d_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp, const at::Tensor& w_in,
+                           const at::Tensor& w_scale_in, const c10::optional<at::Tensor>& bias_in,
+                           const ConvGeom& g, Act act, bool int8_out, double out_scale, int64_t out_zp) {
+  constexpr int64_t kPix = 64;  // output pixels per task: the column tile stays in L1/L2
+  const at::Tensor x = x_in.contiguous(), w = w_in.contiguous(), w_scale = w_scale_in.contiguous();
+  const int64_t C4 = (g.Ci + 3) / 4, taps = g.kh * g.kw, K = taps * C4 * 4, P = g.Ho * g.Wo;
+  at::Tensor out = at::empty({g.N, g.Co, g.Ho, g.Wo}, x.options().dtype(int8_out ? at::kChar : at::kFloat));
+  if (out.numel() == 0) return out;
+  // weights in the column order k = ((r * kw + q) * C4 + c4) * 4 + cc (channel ci = 4 c4 + cc; the
+  // channels padded up to a multiple of 4 get weight 0), their row sums, and the per-channel
+  // dequantisation multipliers
+  std::vector<int8_t> wp(g.Co * K, 0);
+  std::vector<int32_t> wsum(g.Co, 0);
+  std::vector<float> mult(g.Co), bias(g.Co, 0.f);
+  const int8_t* wsrc = w.const_data_ptr<int8_t>();
+  const float* wsc = w_scale.const_data_ptr<float>();
+  for (int64_t co = 0; co < g.Co; ++co) {
+    int32_t s = 0;
+    for (int64_t ci = 0; ci < g.Ci; ++ci)
+      for (int64_t t = 0; t < taps; ++t) {
+        const int8_t v = wsrc[(co * g.Ci + ci) * taps + t];
+        wp[co * K + (t * C4 + ci / 4) * 4 + ci % 4] = v;
+        s += v;
+      }
+    wsum[co] = s;
+    mult[co] = static_cast<float>(x_scale) * wsc[co];
+  }
+  if (bias_in.has_value()) {
+    const at::Tensor b = bias_in->contiguous();
+    std::memcpy(bias.data(), b.const_data_ptr<float>(), g.Co * sizeof(float));
+  }
+  const uint8_t zpu = static_cast<uint8_t>(x_zp + 128);
+  // the input once as unsigned bytes (x + 128) in [N][C4][H][W][4] layout: for a fixed channel
+  // quadruple and input row, consecutive pixels are consecutive 4-byte groups, so a stride-1
+  // row of a receptive-field tap is one contiguous copy into the column tile
+  const int8_t* xp = x.const_data_ptr<int8_t>();
+  const int64_t HW = g.H * g.W;
+  std::vector<uint8_t> xt(g.N * C4 * HW * 4, zpu);
+  at::parallel_for(0, g.N * g.Ci, 1, [&](int64_t b, int64_t e) {
+    for (int64_t nc = b; nc < e; ++nc) {
+      const int64_t n = nc / g.Ci, ci = nc % g.Ci;
+      const int8_t* src = xp + nc * HW;
+      uint8_t* dst = &xt[((n * C4 + ci / 4) * HW) * 4 + ci % 4];
+      for (int64_t i = 0; i < HW; ++i) dst[i * 4] = static_cast<uint8_t>(src[i] + 128);
+    }
+  });
+  const int64_t blocks_per_image = (P + kPix - 1) / kPix;
+  const float inv_out = static_cast<float>(1.0 / out_scale);
+#if defined(PHASOR_QPDE_VNNI)
+  const bool vnni = cpu_has_vnni();
+#endif
+  at::parallel_for(0, g.N * blocks_per_image, 1, [&](int64_t tb, int64_t te) {
+    std::vector<uint8_t> colT(K * kPix, zpu);  // [K/4][kPix][4]
+    std::vector<int32_t> acc(kPix * g.Co);
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t n = t / blocks_per_image, p0 = (t % blocks_per_image) * kPix;
+      const int64_t np = std::min(kPix, P - p0);
+      // gather: for each (tap, channel quadruple), the block's pixels run by output row
+      for (int64_t kg = 0; kg < K / 4; ++kg) {
+        const int64_t tap = kg / C4, c4 = kg % C4, r = tap / g.kw, q = tap % g.kw;
+        uint8_t* dst = &colT[kg * kPix * 4];
+        const uint8_t* plane = &xt[(n * C4 + c4) * HW * 4];
+        for (int64_t j = 0; j < np;) {
+          const int64_t oh = (p0 + j) / g.Wo, ow = (p0 + j) % g.Wo, run = std::min(np - j, g.Wo - ow);
+          const int64_t ih = oh * g.sh - g.ph + r * g.dh;
+          if (ih < 0 || ih >= g.H) {
+            std::memset(dst + j * 4, zpu, run * 4);
+          } else {
+            const uint8_t* row = plane + ih * g.W * 4;
+            const int64_t iw0 = ow * g.sw - g.pw + q * g.dw, iw1 = iw0 + (run - 1) * g.sw;
+            if (g.sw == 1 && iw0 >= 0 && iw1 < g.W) {
+              std::memcpy(dst + j * 4, row + iw0 * 4, run * 4);
+            } else {
+              for (int64_t u = 0; u < run; ++u) {
+                const int64_t iw = iw0 + u * g.sw;
+                if (iw >= 0 && iw < g.W)
+                  std::memcpy(dst + (j + u) * 4, row + iw * 4, 4);
+                else
+                  std::memset(dst + (j + u) * 4, zpu, 4);
+              }
+            }
+          }
+          j += run;
+        }
+      }
+      // int32 GEMM: acc[co][j] (a partial block computes all kPix lanes; the extra are never read)
+      int64_t co_done = 0;
+#if defined(PHASOR_QPDE_VNNI)
+      if (vnni) {
+        co_done = g.Co / 4 * 4;
+        for (int64_t co = 0; co < co_done; co += 4)
+          for (int64_t j = 0; j < np; j += 16)
+            gemm_4x16_vnni(&wp[co * K], K, &colT[j * 4], kPix, K, &acc[co * kPix + j], kPix);
+      }
+#endif
+      gemm_generic(wp.data(), K, co_done, g.Co, colT.data(), kPix, np, K, acc.data(), kPix);
+      // epilogue: remove the zero point, dequantise, bias, activation, output
+      for (int64_t co = 0; co < g.Co; ++co) {
+        const int64_t o = (n * g.Co + co) * P + p0;
+        const EpilogueRow row{&acc[co * kPix], np, static_cast<int32_t>(zpu) * wsum[co], mult[co], bias[co]};
+        if (int8_out)
+          with_act(act, [&](auto a) { epilogue_int8<decltype(a)::value>(row, inv_out, out_zp,
+                                                                           out.mutable_data_ptr<int8_t>() + o); });
+        else
+          with_act(act, [&](auto a) { epilogue_float<decltype(a)::value>(row, out.mutable_data_ptr<float>() + o); });
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace phasor::qpde::PHASOR_CPU_ISA

@@ -1,0 +1,84 @@
+"""QAT workflow: prepare_qat / calibrate / train / convert on every architecture; the int8 model
+matches the QAT model's fake-quant output; state_dict round trips; bit-width validation."""
+import copy
+
+import pytest
+import torch
+
+from phasor.quantized_pde import models, qat
+
+ARCHS = [("resnet", 1), ("dilresnet", 1), ("unet", 1), ("fno", 1), ("resnet", 2), ("unet", 2), ("fno", 2),
+         ("dilresnet", 2)]
+
+
+def _setup(arch, ndim, wb=4, ab=4, seed=0):
+    torch.manual_seed(seed)
+    model = models.build(arch, ndim, 2, 8, 4)
+    x = torch.randn(3, 2, *([16] * ndim))
+    q = qat.prepare_qat(copy.deepcopy(model), wb, ab)
+    qat.calibrate(q, [x])
+    return model, q, x
+
+
+@pytest.mark.parametrize("arch,ndim", ARCHS)
+def test_converted_matches_fake_quant(arch, ndim):
+    _, q, x = _setup(arch, ndim)
+    with torch.no_grad():
+        want = q(x)
+        got = qat.convert(copy.deepcopy(q))(x)
+    assert any(isinstance(m, qat.Int8Conv) for m in qat.convert(copy.deepcopy(q)).modules())
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_prepare_places_quantizers_and_keeps_first_last_at_8_bits():
+    model, q, _ = _setup("resnet", 1, wb=4, ab=6)
+    qc = [m for m in q.modules() if isinstance(m, qat.QuantConv)]
+    n_convs = sum(isinstance(m, qat.CONVS) for m in model.modules())
+    assert len(qc) == n_convs
+    assert (qc[0].weight_bits, qc[0].act_quant.bits) == (8, 8)
+    assert (qc[-1].weight_bits, qc[-1].act_quant.bits) == (8, 8)
+    assert all((m.weight_bits, m.act_quant.bits) == (4, 6) for m in qc[1:-1])
+    assert all(m.conv.bias is not None and m.conv.bias.dtype == torch.float32 for m in qc)  # biases float
+    q2 = qat.prepare_qat(copy.deepcopy(model), 4, 6, keep_first_last_8bit=False)
+    assert all(m.weight_bits == 4 for m in q2.modules() if isinstance(m, qat.QuantConv))
+
+
+def test_calibrated_weights_and_activations_are_on_the_grid():
+    _, q, x = _setup("resnet", 1, wb=3, ab=4)
+    m = [m for m in q.modules() if isinstance(m, qat.QuantConv)][1]
+    w = m.quantized_weight().detach()
+    codes = w / m.weight_scale.detach().view(-1, 1, 1)
+    assert torch.allclose(codes, codes.round(), atol=1e-4) and codes.abs().max() <= 4
+    assert len(torch.unique(m.act_quant(torch.randn(1000)).detach())) <= 16
+
+
+def test_qat_training_step_updates_scales():
+    _, q, x = _setup("fno", 1)
+    opt = torch.optim.Adam(q.parameters(), lr=1e-2)
+    scales = [p for n, p in q.named_parameters() if n.endswith("scale")]
+    before = [s.detach().clone() for s in scales]
+    loss = (q(x) - x).square().mean()
+    loss.backward()
+    assert all(s.grad is not None for s in scales)
+    opt.step()
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, scales))
+
+
+@pytest.mark.parametrize("converted", [False, True])
+def test_state_dict_round_trip(converted):
+    model, q, x = _setup("unet", 2)
+    if converted:
+        q = qat.convert(q)
+    fresh = qat.prepare_qat(models.build("unet", 2, 2, 8, 4), 4, 4)
+    if converted:
+        fresh = qat.convert(fresh)
+    fresh.load_state_dict(q.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), q(x), rtol=0, atol=0)
+
+
+def test_bad_bits():
+    model = models.build("resnet", 1, 1, 8)
+    for wb, ab in ((1, 8), (9, 8), (8, 1), (8, 16)):
+        with pytest.raises(ValueError, match="bits"):
+            qat.prepare_qat(copy.deepcopy(model), wb, ab)
