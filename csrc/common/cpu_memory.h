@@ -1,5 +1,7 @@
 // Memory hints for the large outputs CPU kernels write once, front to back.
 #pragma once
+#include <ATen/core/Tensor.h>
+
 #include <cstddef>
 #include <cstdint>
 
@@ -25,6 +27,11 @@ inline void advise_huge_pages(void* data, size_t bytes) {
   (void)data;
   (void)bytes;
 #endif
+}
+
+// The same for a freshly allocated tensor (a no-op for tensors that are not on the CPU).
+inline void advise_huge_pages(const at::Tensor& fresh) {
+  if (fresh.defined() && fresh.is_cpu()) advise_huge_pages(fresh.data_ptr(), fresh.nbytes());
 }
 
 }  // namespace phasor

@@ -2,6 +2,7 @@
 // (rot_epilogue.h), make them contiguous, and allocate the outputs with the dtypes the fake kernels
 // promise. The device files then only check the dtypes they support and launch.
 #pragma once
+#include "common/cpu_memory.h"
 #include "rotating_features/rot_epilogue.h"
 
 #include <ATen/ops/empty.h>
@@ -37,6 +38,8 @@ inline BnFwdArgs prepare_bn_fwd(const char* op, const at::Tensor& psi, const Opt
   a.bias = bias.contiguous();
   a.out = at::empty(out_sizes(a.psi, a.g.n), a.psi.options());
   a.mag = at::empty(mag_sizes(a.psi), a.psi.options());
+  advise_huge_pages(a.out);
+  advise_huge_pages(a.mag);
   if (training) {
     a.mean = at::empty({a.g.C}, a.weight.options());
     a.var = at::empty({a.g.C}, a.weight.options());
@@ -65,6 +68,8 @@ inline void prepare_common_bwd(BwdArgs& a, const at::Tensor& grad_out, const Opt
   a.bias = bias.contiguous();
   a.g_psi = at::empty_like(a.psi);
   a.g_chi = a.chi.defined() ? at::empty_like(a.chi) : at::empty({0}, a.psi.options());  // lift: none
+  advise_huge_pages(a.g_psi);
+  advise_huge_pages(a.g_chi);
   a.g_rbias = at::empty_like(a.rot_bias);
   a.g_weight = at::empty_like(a.weight);
   a.g_bias = at::empty_like(a.bias);
@@ -106,6 +111,8 @@ inline LnFwdArgs prepare_ln_fwd(const char* op, const at::Tensor& psi, const at:
   a.bias = bias.contiguous();
   a.out = at::empty_like(a.psi);
   a.mag = at::empty_like(a.chi);
+  advise_huge_pages(a.out);
+  advise_huge_pages(a.mag);
   const auto stats = a.psi.options().dtype(param_dtype_for(a.psi.scalar_type()));
   a.mean = at::empty({a.g.B}, stats);
   a.rstd = at::empty({a.g.B}, stats);

@@ -463,7 +463,7 @@ at::Tensor run_forward(const char* op, const Dims& d, const at::Tensor& u, const
   const auto opts = ref.options();
   if (d.T == 0) return return_all ? at::empty({0, d.B, d.c, d.n}, opts) : h0.clone();
   at::Tensor out = return_all ? at::empty({d.T, d.B, d.c, d.n}, opts) : at::empty({d.B, d.c, d.n}, opts);
-  advise_huge_pages(out.data_ptr(), out.nbytes());
+  advise_huge_pages(out);
   at::Tensor Vt = V.defined() ? V.t().contiguous() : V;
   auto W = weight.contiguous(), bi = bias.contiguous(), hh = h0.contiguous();
   AT_DISPATCH_FLOATING_TYPES(ref.scalar_type(), "wave_rnn_fwd_cpu", [&] {
@@ -517,7 +517,7 @@ std::vector<at::Tensor> run_backward(const char* op, const Dims& d, const at::Te
   auto dopts = H.options().dtype(at::kDouble);
   at::Tensor grad_u = proj ? at::Tensor() : at::empty({d.T, d.B, d.c, d.n}, H.options());
   at::Tensor grad_x = proj ? at::empty({d.T, d.B, d.n_inp}, H.options()) : at::Tensor();
-  if (!proj) advise_huge_pages(grad_u.data_ptr(), grad_u.nbytes());
+  advise_huge_pages(grad_u);
   at::Tensor grad_h0 = at::zeros({d.B, d.c, d.n}, H.options());
   at::Tensor dW = at::zeros({d.B, nw}, dopts), db = at::zeros({d.B, d.c}, dopts);
   at::Tensor dVt = proj ? at::zeros({d.B, d.n_inp, d.cn()}, dopts) : at::Tensor();
