@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..utils.training import Progress, atomic_save, atomic_write_text, machine_description
+from ..utils.training import Progress, ResumableRun, atomic_write_text, machine_description
 from . import data
 from .model import KINDS, NVSModel, count_parameters
 
@@ -99,27 +99,11 @@ def train_run(kind, cfg, train, test, log=print):
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda st: min(1.0, (st + 1) / cfg.warmup) * (0.5 * (1 + math.cos(math.pi * min(st / cfg.steps, 1.0)))))
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    history, start, secs_before = {"step": [], "loss": [], "eval_step": [], "eval_psnr": []}, 0, 0.0
-    if ckpt.exists():
-        ck = torch.load(ckpt, weights_only=False)
-        if ck["config"] == tcfg:
-            model.load_state_dict(ck["model"])
-            if ck.get("result") is not None:
-                log(f"{kind}: already finished ({ckpt}), skipped")
-                return ck["result"], model
-            opt.load_state_dict(ck["opt"])
-            sched.load_state_dict(ck["sched"])
-            gen.set_state(ck["gen"])
-            start, history, secs_before = ck["step"], ck["history"], ck["seconds"]
-            log(f"{kind}: resumed from {ckpt} at step {start}")
-        else:
-            log(f"{kind}: ignoring {ckpt}, written with different settings")
-    t0 = time.time()
-
-    def save(step, result=None):
-        atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                     "gen": gen.get_state(), "step": step, "history": history, "config": tcfg,
-                     "seconds": secs_before + time.time() - t0, "result": result}, ckpt)
+    history = {"step": [], "loss": [], "eval_step": [], "eval_psnr": []}
+    run = ResumableRun(ckpt, tcfg, model, opt, sched, gen, history, label=kind, log=log)
+    if run.result is not None:
+        return run.result, model
+    start, history, save = run.start, run.history, run.save
 
     bar = Progress(cfg.steps, start, desc=f"gta/{kind}")
     model.train()
@@ -145,7 +129,7 @@ def train_run(kind, cfg, train, test, log=print):
     history["eval_psnr"].append(test_psnr)
     result = {"kind": kind, "test_psnr": test_psnr, "parameters": count_parameters(model),
               "final_train_loss": history["loss"][-1], "steps": cfg.steps,
-              "seconds": secs_before + time.time() - t0, "history": history,
+              "seconds": run.seconds(), "history": history,
               "trans_coeff": [m.trans_coeff.item() for m in model.modules() if getattr(m, "trans_coeff", None) is not None]}
     save(cfg.steps, result)
     log(f"{kind}: test PSNR {test_psnr:.2f} dB ({result['seconds']:.0f}s)")

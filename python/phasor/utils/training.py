@@ -88,3 +88,47 @@ def machine_description() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+class ResumableRun:
+    """Checkpoint and resume of one training run.
+
+    Holds the model, optimiser, scheduler, data generator and torch RNG state, the step, a history
+    dict and the accumulated wall time, written atomically to `path`. A checkpoint resumes only when
+    it was written with the same `config`. When it carries a final result, the model is restored
+    and `result` is set, so the caller skips training.
+    """
+
+    def __init__(self, path, config: dict, model, opt, sched, gen: torch.Generator, history: dict,
+                 label: str, resume: bool = True, log=print):
+        self.path, self.config, self.label, self.log = Path(path), config, label, log
+        self.model, self.opt, self.sched, self.gen = model, opt, sched, gen
+        self.start, self.history, self.result, self._seconds_before = 0, history, None, 0.0
+        if resume and self.path.exists():
+            ck = torch.load(self.path, weights_only=False)
+            if ck["config"] == config:
+                model.load_state_dict(ck["model"])
+                if ck.get("result") is not None:
+                    self.result = ck["result"]
+                    log(f"{label}: already finished ({self.path}), skipped")
+                else:
+                    opt.load_state_dict(ck["opt"])
+                    sched.load_state_dict(ck["sched"])
+                    gen.set_state(ck["gen"])
+                    if "rng" in ck:
+                        torch.set_rng_state(ck["rng"])
+                    self.start, self.history, self._seconds_before = ck["step"], ck["history"], ck["seconds"]
+                    log(f"{label}: resumed from {self.path} at step {self.start}")
+            else:
+                log(f"{label}: ignoring {self.path}, written with different settings")
+        self._t0 = time.time()
+
+    def seconds(self) -> float:
+        """Training wall time so far, over every resumed piece of the run."""
+        return self._seconds_before + time.time() - self._t0
+
+    def save(self, step: int, result: dict | None = None) -> None:
+        atomic_save({"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                     "sched": self.sched.state_dict(), "gen": self.gen.get_state(), "rng": torch.get_rng_state(),
+                     "step": step, "history": self.history, "config": self.config, "seconds": self.seconds(),
+                     "result": result}, self.path)

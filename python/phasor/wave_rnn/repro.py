@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..utils.training import Progress, atomic_save, atomic_write_text, machine_description
+from ..utils.training import Progress, ResumableRun, atomic_write_text, machine_description
 from . import tasks
 from .model import IRNN, WaveRNN, count_parameters, fused_available
 
@@ -310,29 +310,11 @@ def train_run(task, kind: str, cfg: Config, fused: bool, resume: bool, log=print
     opt = torch.optim.Adam(model.parameters(), lr=task.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: lr_factor(st, task.steps, cfg.lr_decay_from))
     gen = task.train_generator()
-    history, start, seconds_before = _new_history(), 0, 0.0
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
-        if ck["config"] == tcfg:
-            model.load_state_dict(ck["model"])
-            if ck.get("result") is not None:
-                log(f"{task.name}/{kind}: already finished ({ckpt_path}), skipped")
-                return ck["result"] | {"model_state": ck["model"]}
-            opt.load_state_dict(ck["opt"])
-            sched.load_state_dict(ck["sched"])
-            gen.set_state(ck["gen"])
-            torch.set_rng_state(ck["rng"])
-            start, history, seconds_before = ck["step"], ck["history"], ck["seconds"]
-            log(f"{task.name}/{kind}: resumed from {ckpt_path} at step {start}")
-        else:
-            log(f"{task.name}/{kind}: ignoring {ckpt_path}, written with different settings")
-    t0 = time.time()
-
-    def checkpoint(step, result=None):
-        atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                     "gen": gen.get_state(),
-                     "rng": torch.get_rng_state(), "step": step, "history": history, "config": tcfg,
-                     "seconds": seconds_before + time.time() - t0, "result": result}, ckpt_path)
+    run = ResumableRun(ckpt_path, tcfg, model, opt, sched, gen, _new_history(), label=f"{task.name}/{kind}",
+                       resume=resume, log=log)
+    if run.result is not None:
+        return run.result | {"model_state": model.state_dict()}
+    start, history, checkpoint = run.start, run.history, run.save
 
     bar = Progress(task.steps, start, desc=f"{task.name}/{kind}")
     model.train()
@@ -362,7 +344,7 @@ def train_run(task, kind: str, cfg: Config, fused: bool, resume: bool, log=print
             checkpoint(step + 1)
     bar.close()
     model.eval()
-    seconds = seconds_before + time.time() - t0
+    seconds = run.seconds()
     result = {"task": task.name, "model": kind, "parameters": count_parameters(model),
               "final_train_loss": history["loss"][-1] if history["loss"] else math.nan,
               "seconds": seconds, "steps": len(history["step"]), "diverged_at": history["diverged_at"],
