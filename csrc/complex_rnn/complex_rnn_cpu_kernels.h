@@ -12,7 +12,8 @@
 // rows one vector of 4 rows (so a block's tap range stays within W + L - 1), across rows 4 vectors
 // of one row (with the exact range of real rows). Only
 // taps above 1e-20 (double) / 1e-12 (float) of the centre are kept (complex_rnn.h: band_radius), so
-// layer 2's local coupling costs a stencil and layer 1's near-global one two small GEMMs.
+// layer 2's local coupling costs a stencil. Layer 1's near-global coupling, a smooth Gaussian of
+// low numerical rank, runs in low-rank form instead where that is cheaper (AxisFactor).
 // Zero padding (the sheet has no wrap) is stored: rw zero columns each side of a state row, rh zero
 // rows above and below T.
 // The per-image renormalisation (divide by max |X|) is deferred: the stored state is X / s, and the
@@ -21,6 +22,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/linalg_eigh.h>
 #include <c10/util/complex.h>
 
 #include <cmath>
@@ -201,6 +203,99 @@ void save_initial(const SaveTarget<T>& st, const c10::complex<T>* x0, int64_t HW
   }
 }
 
+// Low-rank form of one axis factor of the sheet: G = U diag(lambda) U^T (G is a Gaussian kernel
+// matrix, symmetric positive semidefinite), keeping the eigenpairs above tol * lambda_max. A wide,
+// smooth Gaussian (layer 1: sigma ~ 0.9 of the image) has numerical rank ~10-20 whatever the size,
+// so applying G costs 2 r N per column instead of the N^2 of its dense band. The dropped
+// eigenvalues are below the rounding of the dense product (1e-17 of the largest in double, 1e-9 in
+// float, next to the band's own 1e-20 / 1e-12 tap cut-off). The factors and the intermediate
+// products stay in double for float states too: the three-stage product would otherwise round
+// more than the dense filter does.
+struct AxisFactor {
+  int64_t n = 0, r = 0;
+  std::vector<double> U;   // [n][r], each eigenvector scaled by its eigenvalue's square root
+  std::vector<double> Ut;  // [r][npad]: U^T with zero lanes up to npad (a multiple of the vector width)
+};
+
+template <typename T>
+AxisFactor axis_factor(int64_t n, int64_t npad, double sigma) {
+  auto G = at::empty({n, n}, at::TensorOptions().dtype(at::kDouble));
+  double* g = G.mutable_data_ptr<double>();
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) g[i * n + j] = gaussian_tap(i > j ? i - j : j - i, n, sigma);
+  auto [lam, V] = at::linalg_eigh(G);  // ascending eigenvalues
+  const double* l = lam.const_data_ptr<double>();
+  const double tol = (sizeof(T) == 8 ? 1e-17 : 1e-9) * l[n - 1];
+  AxisFactor f;
+  f.n = n;
+  int64_t first = n;
+  while (first > 0 && l[first - 1] > tol) --first;
+  f.r = n - first;
+  f.U.assign(n * f.r, 0.0);
+  f.Ut.assign(f.r * npad, 0.0);
+  const auto Vc = V.contiguous();
+  const double* v = Vc.const_data_ptr<double>();  // column k = eigenvector k
+  for (int64_t q = 0; q < f.r; ++q) {
+    const double sq = std::sqrt(l[first + q]);
+    for (int64_t i = 0; i < n; ++i) {
+      const double u = v[i * n + first + q] * sq;
+      f.U[i * f.r + q] = u;
+      f.Ut[q * npad + i] = u;
+    }
+  }
+  return f;
+}
+
+// Y = G_r X G_c^T with both factors low-rank, for one plane (X rows at x, stride xs; Y rows of Wv):
+// C = U_r^T X (r_r x Wv), Z = C U_c (r_r x r_c), B = Z U_c^T (r_r x Wv), Y = U_r B, all but Z as
+// AXPYs over contiguous rows. C and B are scratch [r_r][Wv], Z [r_r][r_c], all double.
+template <typename T>
+void apply_low_rank(const AxisFactor& fr, const AxisFactor& fc, const T* x, int64_t xs, int64_t H, int64_t Wv,
+                    double* C, double* Z, double* B, T* y) {
+  const int64_t rr = fr.r, rc = fc.r;
+  std::fill(C, C + rr * Wv, 0.0);
+  for (int64_t h = 0; h < H; ++h) {
+    const T* xh = x + h * xs;
+    for (int64_t p = 0; p < rr; ++p) {
+      const double u = fr.U[h * rr + p];
+      double* cp = C + p * Wv;
+#pragma omp simd
+      for (int64_t w = 0; w < Wv; ++w) cp[w] += u * double(xh[w]);
+    }
+  }
+  for (int64_t p = 0; p < rr; ++p)
+    for (int64_t q = 0; q < rc; ++q) {
+      const double* cp = C + p * Wv;
+      const double* uq = fc.Ut.data() + q * Wv;
+      double acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t w = 0; w < Wv; ++w) acc += cp[w] * uq[w];
+      Z[p * rc + q] = acc;
+    }
+  std::fill(B, B + rr * Wv, 0.0);
+  for (int64_t p = 0; p < rr; ++p)
+    for (int64_t q = 0; q < rc; ++q) {
+      const double z = Z[p * rc + q];
+      const double* uq = fc.Ut.data() + q * Wv;
+      double* bp = B + p * Wv;
+#pragma omp simd
+      for (int64_t w = 0; w < Wv; ++w) bp[w] += z * uq[w];
+    }
+  std::vector<double> acc(Wv);
+  for (int64_t h = 0; h < H; ++h) {
+    std::fill(acc.begin(), acc.end(), 0.0);
+    for (int64_t p = 0; p < rr; ++p) {
+      const double u = fr.U[h * rr + p];
+      const double* bp = B + p * Wv;
+#pragma omp simd
+      for (int64_t w = 0; w < Wv; ++w) acc[w] += u * bp[w];
+    }
+    T* yh = y + h * Wv;
+#pragma omp simd
+    for (int64_t w = 0; w < Wv; ++w) yh[w] = T(acc[w]);
+  }
+}
+
 // The separable run of one thread's images [lo, hi).
 template <typename T>
 void run_separable(const Dims& d, const c10::complex<T>* x0, const T* omega, const bool* mask, double alpha,
@@ -217,6 +312,18 @@ void run_separable(const Dims& d, const c10::complex<T>* x0, const T* omega, con
   std::vector<T> xr(H * Wp, T(0)), xi(H * Wp, T(0));                      // stored state
   std::vector<T> tr((H + 2 * rh) * Wv, T(0)), ti((H + 2 * rh) * Wv, T(0));  // row-filtered, rh zero rows around
   std::vector<T> yr(H * Wv), yi(H * Wv), om(H * Wv), mk(H * Wv);
+  // The low-rank form where it is cheaper than the band (FMAs per plane and step).
+  AxisFactor fr, fc;
+  bool low_rank = false;
+  if (2 * rh + 1 > 8 && 2 * rw + 1 > 8) {
+    fr = axis_factor<T>(H, H, sigma);
+    fc = axis_factor<T>(W, Wv, sigma);
+    const int64_t band_cost = H * Wv * ((2 * rw + 1) + (2 * rh + 1));
+    // double arithmetic runs at half the float vector rate
+    const int64_t rank_cost = (2 * fr.r * H * Wv + 2 * fr.r * fc.r * Wv) * (sizeof(T) == 8 ? 1 : 2);
+    low_rank = rank_cost < band_cost;
+  }
+  std::vector<double> C(low_rank ? fr.r * Wv : 0), Z(low_rank ? fr.r * fc.r : 0), Bs(low_rank ? fr.r * Wv : 0);
   for (int64_t b = lo; b < hi; ++b) {
     const int64_t ib = b * d.HW();
     const auto st = save_target<T>(d, out, save_phase, b);
@@ -225,12 +332,18 @@ void run_separable(const Dims& d, const c10::complex<T>* x0, const T* omega, con
     if (st.wants(0)) save_initial(st, x0 + ib, d.HW());
     T s = 1;  // the true state is s * stored state
     for (int64_t t = 1; t < d.stop; ++t) {
-      filter_along_rows(xr.data(), xi.data(), H, Wp, gw.data(), rw, W, Wv, tr.data() + rh * Wv, ti.data() + rh * Wv);
-      for (int64_t h = 0; h < H; ++h) {
-        // T row h + k - rh is a real row (not padding) for rh - h <= k < rh + H - h
-        const int64_t k0 = rh - h > 0 ? rh - h : 0, k1 = rh + H - h < 2 * rh + 1 ? rh + H - h : 2 * rh + 1;
-        filter_across_rows(tr.data() + h * Wv, ti.data() + h * Wv, Wv, gh.data(), k0, k1, yr.data() + h * Wv,
-                           yi.data() + h * Wv);
+      if (low_rank) {
+        apply_low_rank(fr, fc, xr.data() + rw, Wp, H, Wv, C.data(), Z.data(), Bs.data(), yr.data());
+        apply_low_rank(fr, fc, xi.data() + rw, Wp, H, Wv, C.data(), Z.data(), Bs.data(), yi.data());
+      } else {
+        filter_along_rows(xr.data(), xi.data(), H, Wp, gw.data(), rw, W, Wv, tr.data() + rh * Wv,
+                          ti.data() + rh * Wv);
+        for (int64_t h = 0; h < H; ++h) {
+          // T row h + k - rh is a real row (not padding) for rh - h <= k < rh + H - h
+          const int64_t k0 = rh - h > 0 ? rh - h : 0, k1 = rh + H - h < 2 * rh + 1 ? rh + H - h : 2 * rh + 1;
+          filter_across_rows(tr.data() + h * Wv, ti.data() + h * Wv, Wv, gh.data(), k0, k1, yr.data() + h * Wv,
+                             yi.data() + h * Wv);
+        }
       }
       T m2 = 0;
       for (int64_t h = 0; h < H; ++h) {

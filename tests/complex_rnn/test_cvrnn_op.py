@@ -10,7 +10,8 @@ from phasor.complex_rnn import ops, reference as ref
 # (B, H, W, sigma): odd and non-square sizes, a single row / column, sides below one vector (8 floats)
 # and above several, the paper's layer-2 (local) and layer-1 (near-global) widths, batch 1, empty batch.
 SHAPES = [(3, 7, 5, 0.3), (2, 32, 32, 0.0313), (2, 32, 32, 0.9), (1, 13, 17, 0.1), (2, 1, 9, 0.2),
-          (2, 6, 1, 0.2), (1, 3, 40, 0.05), (0, 4, 4, 0.3), (2, 20, 33, 0.0313)]
+          (2, 6, 1, 0.2), (1, 3, 40, 0.05), (0, 4, 4, 0.3), (2, 20, 33, 0.0313),
+          (1, 24, 37, 0.9)]  # the last: non-square near-global coupling (the low-rank path), W not a vector multiple
 
 
 def node_inputs(shape, dtype=torch.complex128, seed=0, masked=True, device="cpu"):
