@@ -29,10 +29,10 @@ class Config:
     hidden_dim: int = 32
     linear_dim: int = 64
     batch_size: int = 32
-    steps: int = 3750
+    steps: int = 8000
     lr: float = 4e-3
     warmup_steps: int = 500
-    decay_from: float = 0.6667  # lr decays linearly to 0 over the last third (1.0: constant, as official)
+    decay_from: float = 0.75  # lr decays linearly to 0 over the last quarter (1.0: constant, as official)
     clip_grad_norm: float = 0.1
     train_images: int = 20000
     test_images: int = 1000
