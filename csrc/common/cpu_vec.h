@@ -7,6 +7,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace phasor::cpu_vec {
 namespace {
@@ -39,12 +40,35 @@ template <typename T>
 inline void storeu(T* p, Vec<T> v) {
   std::memcpy(p, &v, sizeof(v));
 }
+// Integer lane indices of the same width, for __builtin_shuffle.
+template <typename T>
+struct LaneIndexOf {
+  using Int = std::conditional_t<sizeof(T) == 8, int64_t, int32_t>;
+  typedef Int type __attribute__((vector_size(kVecBytes)));
+};
+
+// Broadcast through a shuffle of lane 0: GCC turns it into one vbroadcastss/sd (or a memory-operand
+// {1toN} broadcast). Filling the lanes one by one instead can come out as narrow stack stores
+// reloaded as one wide vector, a store-forwarding stall on every call (seen in the wave-RNN conv).
 template <typename T>
 inline Vec<T> splat(T x) {
-  Vec<T> v;  // lane by lane (GCC emits one broadcast); `Vec<T>{} + x` would keep a real add of +0
-  for (int64_t l = 0; l < kLanes<T>; ++l) v[l] = x;
-  return v;
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "splat: 32- or 64-bit lanes only");
+  return __builtin_shuffle(Vec<T>{x}, typename LaneIndexOf<T>::type{});
 }
+// Make the compiler materialise v in a register here. GCC otherwise folds a load that feeds several
+// FMAs into each of them as a memory operand, one load per use: in a register-blocked kernel that
+// makes the load ports, not the FMA units, the limit. (No-op where a vector is not one register.)
+template <typename T>
+inline void keep_in_register(Vec<T>& v) {
+#if defined(__AVX512F__)
+  __asm__("" : "+v"(v));
+#elif defined(__AVX__)
+  if constexpr (kVecBytes == 32) __asm__("" : "+x"(v));
+#else
+  (void)v;
+#endif
+}
+
 template <typename T>
 inline double hsum(Vec<T> v) {
   double s = 0;

@@ -1,5 +1,5 @@
 // CPU kernels of the wave-RNN recurrence, forward and backward (BPTT). Compiled once per
-// instruction set (wave_rnn_cpu_{base,avx2}.cpp define PHASOR_CPU_ISA); wave_rnn_cpu.cpp picks one
+// instruction set (wave_rnn_cpu_{base,avx2,avx512}.cpp define PHASOR_CPU_ISA); wave_rnn_cpu.cpp picks one
 // at run time. Math and layouts: wave_rnn.h.
 //
 // Samples are independent, so threads split the batch (at::parallel_for) and each runs the whole
@@ -9,9 +9,9 @@
 // vector registers (GCC vector extensions: 64 bytes in the avx512 build, 32 bytes otherwise, which
 // the base build runs as two SSE halves) while it streams over input channels and taps.
 // The backward runs the same convolution with transposed, flipped taps on the padded delta.
-// Weight gradients accumulate as vectors per sample (flushed into double every kFlushSteps steps)
-// and per-sample partials are summed in batch order at the end: results do not depend on the
-// thread count.
+// Weight gradients accumulate as float vectors over chunks of kGradChunk steps, then move into
+// per-lane double accumulators; per-sample partials are summed in batch order at the end, so
+// results do not depend on the thread count.
 #include "common/cpu_memory.h"
 #include "wave_rnn/wave_rnn_cpu_entry.h"
 
@@ -37,14 +37,13 @@
 namespace phasor::wave::PHASOR_CPU_ISA {
 namespace {
 
-using cpu_vec::hsum;
+using cpu_vec::keep_in_register;
 using cpu_vec::kLanes;
 using cpu_vec::loadu;
 using cpu_vec::splat;
 using cpu_vec::storeu;
 using cpu_vec::Vec;
 
-constexpr int64_t kFlushSteps = 16;  // float weight-gradient partials are moved to double this often
 // Elements after the last row of every padded buffer, so a vector read of a ring's tail stays inside.
 constexpr int64_t kSlack = kLanes<float>;
 
@@ -52,7 +51,7 @@ constexpr int64_t kSlack = kLanes<float>;
 // registers (NO * NV accumulator chains cover the FMA latency; each input vector loaded feeds NO
 // rows, each broadcast tap NV vectors). AVX-512 has 32 vector registers, the others 16.
 #ifdef __AVX512F__
-constexpr int kConvRows = 4, kConvVecs = 4, kGradRows = 4;
+constexpr int kConvRows = 4, kConvVecs = 4, kGradRows = 8;  // weight gradient: 8 x 3 chains
 #elif defined(__AVX2__)
 constexpr int kConvRows = 4, kConvVecs = 2, kGradRows = 2;
 #else
@@ -172,42 +171,55 @@ void conv_rows(const Dims& d, const T* in_pad, const T* packed, const T* bias, c
   for (; o < d.c; ++o) conv_row_group<T, 1, F>(d, in_pad, packed + o * block_taps, bias, base, o, out);
 }
 
-// dW[o0 + r, i, k0 + q] += sum_j delta[o0 + r, j] * hprev_pad[i, j + k0 + q] for NR rows and KB taps,
-// as per-lane vector partials dWv [o][i][k]; the NR * KB chains share each delta and h load.
-// dtail: the rows' last n mod L positions zero-padded to one vector each ([NR][L]), or null.
+// The backward's weight gradient runs once per chunk of kGradChunk steps rather than per step: the
+// deltas and padded previous states of the chunk's steps sit in slots of one buffer, so the block
+// below loads and stores its accumulators once per chunk (with n = 64 a single step is only 4
+// vectors per row, too short to amortise them).
+constexpr int64_t kGradChunk = 16;
+
+// Slot layout of the chunk buffers: slot s of `delta` / `hprev` starts at s * slot elements;
+// `dtail` holds each slot's rows' last n mod L positions zero-padded to one vector ([S][c][L]).
+template <typename T>
+struct GradChunk {
+  const T* delta;  // [S][c][n + 2p] (+ slack), the padded delta_t
+  const T* hprev;  // [S][c][n + 2p] (+ slack), the padded h_{t-1}
+  const T* dtail;  // [S][c][L], or null when L divides n
+  int64_t slot;    // elements per slot of delta and hprev
+  int64_t steps;   // filled slots
+};
+
+// dW[o0 + r, i, k0 + q] += sum_{s, j} delta_s[o0 + r, j] * hprev_s[i, j + k0 + q] for NR rows and KB
+// taps, as per-lane vector partials dWv [o][i][k]; the NR * KB chains share each delta and h load.
 template <typename T, int NR, int KB>
-inline void weight_grad_block(const Dims& d, const T* delta_pad, const T* dtail, const T* hrow, int64_t o0,
-                              int64_t i, int64_t k0, int64_t nvec, Vec<T>* dWv) {
+inline void weight_grad_block(const Dims& d, const GradChunk<T>& ch, int64_t o0, int64_t i, int64_t k0,
+                              int64_t nvec, Vec<T>* dWv) {
   constexpr int64_t L = kLanes<T>;
   const int64_t c = d.c, f = d.f, npad = d.npad();
   Vec<T> acc[NR][KB];
-  const T* drow[NR];
 #pragma GCC unroll 8
-  for (int r = 0; r < NR; ++r) {
-    drow[r] = delta_pad + (o0 + r) * npad + d.p;
+  for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 8
     for (int q = 0; q < KB; ++q) acc[r][q] = dWv[((o0 + r) * c + i) * f + k0 + q];
-  }
-  auto step = [&](const Vec<T>* dv, const T* h) {
+  // One vector of positions: KB shifted h loads, then one delta load per row feeding KB chains (in a
+  // register: with NR * KB accumulators live there is room for one delta at a time, not NR).
+  auto step = [&](const T* drows, int64_t row_stride, const T* h) {
     Vec<T> hv[KB];
 #pragma GCC unroll 8
     for (int q = 0; q < KB; ++q) hv[q] = loadu(h + k0 + q);
 #pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r)
+    for (int r = 0; r < NR; ++r) {
+      Vec<T> dv = loadu(drows + r * row_stride);
+      keep_in_register<T>(dv);
 #pragma GCC unroll 8
-      for (int q = 0; q < KB; ++q) acc[r][q] += dv[r] * hv[q];
+      for (int q = 0; q < KB; ++q) acc[r][q] += dv * hv[q];
+    }
   };
-  for (int64_t v = 0; v < nvec; ++v) {
-    Vec<T> dv[NR];
-#pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r) dv[r] = loadu(drow[r] + v * L);
-    step(dv, hrow + v * L);
-  }
-  if (dtail) {  // zero lanes past the ring end cancel whatever the h reads there return
-    Vec<T> dv[NR];
-#pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r) dv[r] = loadu(dtail + (o0 + r) * L);
-    step(dv, hrow + nvec * L);
+  for (int64_t s = 0; s < ch.steps; ++s) {
+    const T* dbase = ch.delta + s * ch.slot + o0 * npad + d.p;
+    const T* hrow = ch.hprev + s * ch.slot + i * npad;
+    for (int64_t v = 0; v < nvec; ++v) step(dbase + v * L, npad, hrow + v * L);
+    // zero lanes past the ring end cancel whatever the h reads there return
+    if (ch.dtail) step(ch.dtail + (s * c + o0) * L, L, hrow + nvec * L);
   }
 #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r)
@@ -215,20 +227,18 @@ inline void weight_grad_block(const Dims& d, const T* delta_pad, const T* dtail,
     for (int q = 0; q < KB; ++q) dWv[((o0 + r) * c + i) * f + k0 + q] = acc[r][q];
 }
 
-// One step's weight-gradient partials for all (o, i, k): F taps at once when F is known at compile
+// One chunk's weight-gradient partials for all (o, i, k): F taps at once when F is known at compile
 // time (3: the default), one tap at a time otherwise.
 template <typename T, int F>
-void weight_grad_step(const Dims& d, const T* delta_pad, const T* dtail, const T* hprev_pad, int64_t nvec,
-                      Vec<T>* dWv) {
-  const int64_t c = d.c, npad = d.npad();
+void weight_grad_chunk(const Dims& d, const GradChunk<T>& ch, int64_t nvec, Vec<T>* dWv) {
+  const int64_t c = d.c;
   auto rows = [&](auto nr, int64_t o0) {
     constexpr int NR = decltype(nr)::value;
     for (int64_t i = 0; i < c; ++i) {
-      const T* hrow = hprev_pad + i * npad;
       if constexpr (F > 0) {
-        weight_grad_block<T, NR, F>(d, delta_pad, dtail, hrow, o0, i, 0, nvec, dWv);
+        weight_grad_block<T, NR, F>(d, ch, o0, i, 0, nvec, dWv);
       } else {
-        for (int64_t k = 0; k < d.f; ++k) weight_grad_block<T, NR, 1>(d, delta_pad, dtail, hrow, o0, i, k, nvec, dWv);
+        for (int64_t k = 0; k < d.f; ++k) weight_grad_block<T, NR, 1>(d, ch, o0, i, k, nvec, dWv);
       }
     }
   };
@@ -343,30 +353,38 @@ void backward(const Dims& d, const Input<T>& in, const T* gH, const T* H, const 
   const int64_t nvec = n / L;  // full vectors per ring row; the tail is one zero-padded vector
 
   at::parallel_for(0, d.B, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<T> delta_pad(cpad + kSlack), hprev_pad(cpad + kSlack), grec(cn), dtail(c * L);
+    // chunk slots: the delta_t / padded h_{t-1} of up to kGradChunk steps, for the weight gradient
+    const int64_t slot = cpad + kSlack;
+    std::vector<T> delta_slots(kGradChunk * slot), hprev_slots(kGradChunk * slot), grec(cn),
+        dtail(kGradChunk * c * L);
     std::vector<Vec<T>> dWv(nw);
+    std::vector<double> dW_lanes(nw * L);  // [w][lane]: summed over the lanes once per sample
+    std::vector<double> db_pos(cn);        // [o][j]: the bias gradient before the sum over positions
     for (int64_t b = lo; b < hi; ++b) {
       double* dW = g.dW + b * nw;
       double* db = g.db + b * c;
       std::fill(grec.begin(), grec.end(), T(0));
       std::fill(dWv.begin(), dWv.end(), Vec<T>{});
+      std::fill(dW_lanes.begin(), dW_lanes.end(), 0.0);
+      std::fill(db_pos.begin(), db_pos.end(), 0.0);
+      int64_t filled = 0;  // chunk slots in use
       for (int64_t t = d.T - 1; t >= 0; --t) {
+        T* delta_pad = delta_slots.data() + filled * slot;
         const int64_t off = (t * d.B + b) * cn;
         const T* h = H + off;
         const T* hprev = t > 0 ? H + off - d.B * cn : h0 + b * cn;
         // delta_t = (dL/dH[t] + recurrent term) * act'(h_t)
         for (int64_t o = 0; o < c; ++o) {
-          T* drow = delta_pad.data() + o * npad + p;
+          T* drow = delta_pad + o * npad + p;
           const T* gh = gH + off + o * n;
           const T* hr = h + o * n;
           const T* gr = grec.data() + o * n;
-          double s = 0;
-#pragma omp simd reduction(+ : s)
+          double* dbr = db_pos.data() + o * n;
+#pragma omp simd
           for (int64_t j = 0; j < n; ++j) {
             drow[j] = (gh[j] + gr[j]) * activation_grad<A>(hr[j]);
-            s += drow[j];
+            dbr[j] += drow[j];
           }
-          db[o] += s;
           if (g.grad_u) std::memcpy(g.grad_u + off + o * n, drow, n * sizeof(T));
           wrap_row(drow - p, n, p);
         }
@@ -374,7 +392,7 @@ void backward(const Dims& d, const Input<T>& in, const T* gH, const T* H, const 
           const T* xt = in.x + (t * d.B + b) * d.n_inp;
           double* dbV = g.dbV + b * cn;
           for (int64_t o = 0; o < c; ++o) {
-            const T* drow = delta_pad.data() + o * npad + p;
+            const T* drow = delta_pad + o * npad + p;
 #pragma omp simd
             for (int64_t j = 0; j < n; ++j) dbV[o * n + j] += drow[j];
           }
@@ -384,7 +402,7 @@ void backward(const Dims& d, const Input<T>& in, const T* gH, const T* H, const 
             const double xq = xt[q];
             double s = 0;
             for (int64_t o = 0; o < c; ++o) {
-              const T* drow = delta_pad.data() + o * npad + p;
+              const T* drow = delta_pad + o * npad + p;
 #pragma omp simd reduction(+ : s)
               for (int64_t j = 0; j < n; ++j) {
                 s += drow[j] * vq[o * n + j];
@@ -394,24 +412,33 @@ void backward(const Dims& d, const Input<T>& in, const T* gH, const T* H, const 
             g.grad_x[(t * d.B + b) * d.n_inp + q] = static_cast<T>(s);
           }
         }
-        // dW[o, i, k] += sum_j delta[o, j] * hprev_pad[i, j + k]: vector partials per weight
-        load_padded(d, hprev, hprev_pad.data());
+        // dW[o, i, k] += sum_j delta[o, j] * hprev_pad[i, j + k]: vector partials per weight, once
+        // the chunk is full (or the sequence is done)
+        load_padded(d, hprev, hprev_slots.data() + filled * slot);
         const int64_t rem = n - nvec * L;
         if (rem)
           for (int64_t o = 0; o < c; ++o)
-            std::memcpy(dtail.data() + o * L, delta_pad.data() + o * npad + p + nvec * L, rem * sizeof(T));
-        weight_grad_step<T, F>(d, delta_pad.data(), rem ? dtail.data() : nullptr, hprev_pad.data(), nvec,
-                               dWv.data());
-        if (t % kFlushSteps == 0) {  // move the float partials into the double accumulator
-          for (int64_t w = 0; w < nw; ++w) {
-            dW[w] += hsum<T>(dWv[w]);
-            dWv[w] = Vec<T>{};
+            std::memcpy(dtail.data() + (filled * c + o) * L, delta_pad + o * npad + p + nvec * L, rem * sizeof(T));
+        if (++filled == kGradChunk || t == 0) {
+          const GradChunk<T> chunk{delta_slots.data(), hprev_slots.data(), rem ? dtail.data() : nullptr, slot, filled};
+          weight_grad_chunk<T, F>(d, chunk, nvec, dWv.data());
+          // move the float partials into the per-lane double accumulator
+          T* part = reinterpret_cast<T*>(dWv.data());
+#pragma omp simd
+          for (int64_t e = 0; e < nw * L; ++e) {
+            dW_lanes[e] += part[e];
+            part[e] = T(0);
           }
+          filled = 0;
         }
         // recurrent term for step t - 1 (at t = 0 it is dL/dh0)
-        conv_rows<T, F>(d, delta_pad.data(), taps_t.data(), static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
+        conv_rows<T, F>(d, delta_pad, taps_t.data(), static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
                   t > 0 ? grec.data() : g.grad_h0 + b * cn);
       }
+      for (int64_t w = 0; w < nw; ++w)
+        for (int64_t l = 0; l < L; ++l) dW[w] += dW_lanes[w * L + l];
+      for (int64_t o = 0; o < c; ++o)
+        for (int64_t j = 0; j < n; ++j) db[o] += db_pos[o * n + j];
     }
   });
 }

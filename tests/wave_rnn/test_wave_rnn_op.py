@@ -9,8 +9,11 @@ from phasor.wave_rnn import ops, reference as ref
 # (T, B, c, n, f): the gradcheck size, odd rings, a ring shorter than a vector, rings
 # shorter than the padding (n < f // 2), c = 1, odd c (the kernel pairs output rows), B = 1,
 # empty batch, empty sequence, wide kernels, and a ring longer than a register block (n = 100).
+# The last two run past the CPU backward's weight-gradient chunks (16 steps: two full, one partial),
+# with c = 9 (one 8-row block plus a leftover row) and c = 16, n = 64 (the benchmark's layer).
 SHAPES = [(5, 3, 2, 8, 3), (4, 2, 3, 37, 5), (3, 2, 2, 2, 5), (3, 1, 1, 1, 3), (6, 2, 5, 16, 1),
-          (2, 0, 2, 8, 3), (0, 2, 2, 8, 3), (3, 2, 3, 9, 7), (4, 3, 4, 100, 3)]
+          (2, 0, 2, 8, 3), (0, 2, 2, 8, 3), (3, 2, 3, 9, 7), (4, 3, 4, 100, 3), (37, 2, 9, 20, 3),
+          (35, 2, 16, 64, 3)]
 
 
 def rec_inputs(shape, device="cpu", dtype=torch.float64, seed=0, n_inp=None):
