@@ -77,6 +77,37 @@ def _recurrence_case(device, T, B, c, n, backward):
     return Case(runners, check, note=note)
 
 
+def _last_state_case(device, T, B, c, n, K):
+    """Training on h_T only (classification): the fused op keeping every state vs keeping every
+    K-th and recomputing segments in the backward, against the eager and compiled loops."""
+    torch.manual_seed(0)
+    kw = dict(device=device, dtype=torch.float32)
+    u = (torch.randn(T, B, c, n, **kw) * 0.5).requires_grad_()
+    weight = torch.randn(c, c, 3, **kw) * (0.1 / (3 * c) ** 0.5)
+    weight[torch.arange(c), torch.arange(c), 2] += 0.8
+    weight.requires_grad_()
+    bias = (torch.randn(c, **kw) * 0.1).requires_grad_()
+    h0 = torch.zeros(B, c, n, **kw)
+    leaves = [u, weight, bias]
+    cot = torch.randn(B, c, n, **kw)
+    impls = {
+        "fused": lambda: ops.wave_rnn(u, weight, bias, h0, "relu", return_all=False),
+        f"fused ckpt{K}": lambda: ops.wave_rnn(u, weight, bias, h0, "relu", return_all=False, checkpoint_every=K),
+        "eager": lambda: _loop(_step)(u, weight, bias, h0)[-1],
+        "compile": lambda comp=_loop(compiled(_step)): comp(u, weight, bias, h0)[-1],
+    }
+    runners = {k: (lambda f=f: torch.autograd.grad(f(), leaves, cot)) for k, f in impls.items()}
+
+    def check():
+        g_all = torch.autograd.grad(impls["fused"](), leaves, cot)
+        g_ckpt = torch.autograd.grad(impls[f"fused ckpt{K}"](), leaves, cot)
+        return outputs_close(g_ckpt, g_all, rtol=1e-6, atol=1e-6)
+    note = f"T={T} B={B} c={c} n={n}; loss on h_T only; ckpt{K}: every {K}th state kept, segments recomputed"
+    return Case(runners, check, note=note)
+
+
+register("wave_rnn", "T784_B32_c16_n64_last_fwdbwd")(lambda d: _last_state_case(d, 784, 32, 16, 64, K=28))
+
 SIZES = {"T256_B32_c16_n64": (256, 32, 16, 64), "T784_B32_c16_n64": (784, 32, 16, 64)}
 for _name, _size in SIZES.items():
     register("wave_rnn", f"{_name}_fwd")(lambda d, s=_size: _recurrence_case(d, *s, backward=False))

@@ -85,7 +85,7 @@ class WaveRNNCell(nn.Module):
     """
 
     def __init__(self, n_inp: int, n: int, c: int, f: int = 3, activation: str = "relu", init: str = "fwd",
-                 v_init: bool = True, fused: bool = True):
+                 v_init: bool = True, fused: bool = True, checkpoint_every: int | None = None):
         super().__init__()
         if init not in RECURRENT_INITS:
             raise ValueError(f"init must be one of {RECURRENT_INITS}, got {init!r}")
@@ -94,6 +94,8 @@ class WaveRNNCell(nn.Module):
         self.n_inp, self.n, self.c, self.f = n_inp, n, c, f
         self.activation = _activation_name(activation)
         self.fused = fused
+        # fused path, h_T only: keep every K-th state for the backward (see wave_rnn.checkpointed)
+        self.checkpoint_every = checkpoint_every
         self.Wx = nn.Linear(n_inp, c * n)
         self.Wy = nn.Conv1d(c, c, f, padding=f // 2, padding_mode="circular")
         self.act = _activation_module(self.activation)
@@ -127,24 +129,27 @@ class WaveRNNCell(nn.Module):
         if _ops is None:
             raise RuntimeError(f"fused=True needs phasor.wave_rnn.ops, which failed to load: {_OPS_ERROR}")
         W, b = self.Wy.weight, self.Wy.bias
+        K = None if return_all else self.checkpoint_every
         if self.n_inp <= FUSED_PROJECTION_MAX_INPUTS:
-            return _ops.wave_rnn_projected(x, self.Wx.weight, self.Wx.bias, W, b, h0, self.activation, return_all)
+            return _ops.wave_rnn_projected(x, self.Wx.weight, self.Wx.bias, W, b, h0, self.activation, return_all,
+                                           checkpoint_every=K)
         u = F.linear(x, self.Wx.weight, self.Wx.bias).view(x.shape[0], x.shape[1], self.c, self.n)
-        return _ops.wave_rnn(u, W, b, h0, self.activation, return_all)
+        return _ops.wave_rnn(u, W, b, h0, self.activation, return_all, checkpoint_every=K)
 
 
 class WaveRNN(nn.Module):
     """The wRNN: ``WaveRNNCell`` + readout ('last': on h_T -> [B, n_out]; 'all': on every h_t ->
-    [T, B, n_out]; ``mlp_hidden`` > 0: the MLP decoder)."""
+    [T, B, n_out]; ``mlp_hidden`` > 0: the MLP decoder). ``checkpoint_every=K`` (readout 'last',
+    fused): the backward keeps every K-th state and recomputes the rest, segment by segment."""
 
     def __init__(self, n_inp: int, n: int, c: int, n_out: int, f: int = 3, activation: str = "relu",
                  init: str = "fwd", v_init: bool = True, readout: str = "last", mlp_hidden: int = 0,
-                 fused: bool = True):
+                 fused: bool = True, checkpoint_every: int | None = None):
         super().__init__()
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         self.readout_mode = readout
-        self.cell = WaveRNNCell(n_inp, n, c, f, activation, init, v_init, fused)
+        self.cell = WaveRNNCell(n_inp, n, c, f, activation, init, v_init, fused, checkpoint_every)
         self.readout = make_readout(c * n, n_out, mlp_hidden)
 
     @property

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .checkpointed import last_state_checkpointed, last_state_projected_checkpointed
+
 __all__ = ["wave_rnn", "wave_rnn_projected"]
 
 ACTIVATIONS = ("relu", "tanh", "identity")
@@ -124,8 +126,20 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def _checkpoint_segments(checkpoint_every, return_all, T) -> int | None:
+    """Validated segment length, or None when the plain fused path applies."""
+    if checkpoint_every is None:
+        return None
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive int (steps per segment), got {checkpoint_every!r}")
+    if return_all:
+        raise ValueError("checkpoint_every needs return_all=False: with every state returned, the states "
+                         "are the output and there is nothing to save by recomputing them")
+    return checkpoint_every if T > 0 else None
+
+
 def wave_rnn(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, h0: torch.Tensor | None = None,
-             activation: str = "relu", return_all: bool = True) -> torch.Tensor:
+             activation: str = "relu", return_all: bool = True, checkpoint_every: int | None = None) -> torch.Tensor:
     """Whole-sequence wave-RNN recurrence in one fused call (forward and backward).
 
     ``h_t = act(Conv1d_circular(h_{t-1}; weight, bias) + u_t)`` for t = 1..T, the official cell
@@ -138,13 +152,19 @@ def wave_rnn(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, h0: torc
         h0: ``[B, c, n]`` initial state (zeros when None).
         activation: ``"relu"`` (the paper's), ``"tanh"`` or ``"identity"``.
         return_all: every state ``[T, B, c, n]`` or only the last ``[B, c, n]``.
+        checkpoint_every: with ``return_all=False`` and a gradient needed, keep only every K-th
+            state and recompute each K-step segment in the backward (memory T/K + K states instead
+            of T, for one extra forward; K near sqrt(T) is the smallest). None keeps every state.
 
     Dtypes: float32/float64 on CPU; float32, float64, and float16/bfloat16 storage with float32
     state and accumulation on CUDA (weight and bias float32 then).
     """
     if h0 is None:
         h0 = u.new_zeros((u.shape[1], u.shape[2], u.shape[3])) if u.dim() == 4 else u.new_zeros(())
+    K = _checkpoint_segments(checkpoint_every, return_all, u.shape[0] if u.dim() == 4 else 0)
     if not return_all and u.dim() == 4 and u.shape[0] > 0 and _needs_grad(u, weight, bias, h0):
+        if K is not None:
+            return last_state_checkpointed(u, weight, bias, h0, activation, K)
         # training on h_T: keep the states the backward needs instead of recomputing them
         return torch.ops.phasor.wave_rnn_fwd(u, weight, bias, h0, activation, True)[-1]
     return torch.ops.phasor.wave_rnn_fwd(u, weight, bias, h0, activation, return_all)
@@ -152,7 +172,7 @@ def wave_rnn(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, h0: torc
 
 def wave_rnn_projected(x: torch.Tensor, V: torch.Tensor, bV: torch.Tensor, weight: torch.Tensor,
                        bias: torch.Tensor, h0: torch.Tensor | None = None, activation: str = "relu",
-                       return_all: bool = True) -> torch.Tensor:
+                       return_all: bool = True, checkpoint_every: int | None = None) -> torch.Tensor:
     """The wave-RNN recurrence with the input projection fused in, for tiny inputs.
 
     ``u_t = x_t V^T + bV`` (the official ``Wx = Linear(n_inp, c*n)``, viewed as ``[B, c, n]``) is
@@ -162,12 +182,15 @@ def wave_rnn_projected(x: torch.Tensor, V: torch.Tensor, bV: torch.Tensor, weigh
         x: ``[T, B, n_inp]`` raw inputs, 1 <= n_inp <= 16 (project larger inputs with one matmul
             and call :func:`wave_rnn`).
         V: ``[c*n, n_inp]`` encoder weight; bV: ``[c*n]`` its bias.
-        weight, bias, h0, activation, return_all: as :func:`wave_rnn` (c = weight.shape[0],
-            n = V.shape[0] // c).
+        weight, bias, h0, activation, return_all, checkpoint_every: as :func:`wave_rnn`
+            (c = weight.shape[0], n = V.shape[0] // c).
     """
     if h0 is None:
         c = weight.shape[0]
         h0 = x.new_zeros((x.shape[1], c, V.shape[0] // max(c, 1)))
+    K = _checkpoint_segments(checkpoint_every, return_all, x.shape[0] if x.dim() == 3 else 0)
     if not return_all and x.dim() == 3 and x.shape[0] > 0 and _needs_grad(x, V, bV, weight, bias, h0):
+        if K is not None:
+            return last_state_projected_checkpointed(x, V, bV, weight, bias, h0, activation, K)
         return torch.ops.phasor.wave_rnn_proj_fwd(x, V, bV, weight, bias, h0, activation, True)[-1]
     return torch.ops.phasor.wave_rnn_proj_fwd(x, V, bV, weight, bias, h0, activation, return_all)
