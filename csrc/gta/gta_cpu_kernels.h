@@ -181,81 +181,124 @@ void transform_kv(const Dims& D, const Geo<T>& g, const T* k, const T* v, bool v
 }
 
 using cpu_vec::kLanes;
+using cpu_vec::loadu;
+using cpu_vec::storeu;
 using cpu_vec::Vec;
 
-// out[r][j] = rows[r] . cols[j] for nr rows against the nk columns given transposed (colsT[c][kBK]),
-// register-blocked: 2 rows x one vector of columns, with four partial sums over the channels (c mod 4)
-// in 8 vector accumulators; each loaded column vector feeds both rows. The partial sums keep the
-// rounding error of long head dims near that of a blocked GEMM (the backward's do~ . v~ - D cancels,
-// and the backward's logits must equal the forward's bit for bit, so every product goes through here).
-// Columns past nk (up to the next vector) come from stale tile memory and are ignored by the callers.
-template <typename T>
-inline void tile_dots(const T* rows, int64_t nr, const T* colsT, int64_t nk, int64_t d, T* out) {
+// Register blocking of the tile products: more rows per block where there are 32 vector registers.
+#ifdef __AVX512F__
+constexpr int kDotRows = 6, kCombineRows = 4;
+#else
+constexpr int kDotRows = 3, kCombineRows = 2;
+#endif
+
+// out[r][jb + l] for R rows (R <= kDotRows; rows past nr repeat the last one and are not stored) and
+// two vectors of columns. Each element is two partial sums over even and odd channels, added at the
+// end: the same order for every element whatever block it falls in, so the backward's logits equal
+// the forward's bit for bit, and the pairing keeps long head dims' rounding error near a blocked
+// GEMM's (the backward's do~ . v~ - D cancels).
+template <typename T, int R>
+inline void dot_block(const T* rows, int64_t r0, int64_t nr, const T* colsT, int64_t jb, int64_t d, T* out) {
   constexpr int64_t L = kLanes<T>;
-  static_assert(kBK % L == 0, "key tile must be a multiple of the vector width");
-  for (int64_t r0 = 0; r0 < nr; r0 += 2) {
-    const T* a = rows + r0 * d;
-    const T* b = rows + std::min(r0 + 1, nr - 1) * d;
-    for (int64_t jb = 0; jb < nk; jb += L) {
-      Vec<T> pa[4] = {}, pb[4] = {};
-      int64_t c = 0;
-      for (; c + 4 <= d; c += 4) {
-#pragma GCC unroll 4
-        for (int u = 0; u < 4; ++u) {
-          Vec<T> k;
-          std::memcpy(&k, colsT + (c + u) * kBK + jb, sizeof(k));
-          pa[u] += a[c + u] * k;
-          pb[u] += b[c + u] * k;
-        }
-      }
-      for (; c < d; ++c) {
-        Vec<T> k;
-        std::memcpy(&k, colsT + c * kBK + jb, sizeof(k));
-        pa[0] += a[c] * k;
-        pb[0] += b[c] * k;
-      }
-      const Vec<T> ra = (pa[0] + pa[1]) + (pa[2] + pa[3]), rb = (pb[0] + pb[1]) + (pb[2] + pb[3]);
-      std::memcpy(out + r0 * kBK + jb, &ra, sizeof(ra));
-      if (r0 + 1 < nr) std::memcpy(out + (r0 + 1) * kBK + jb, &rb, sizeof(rb));
+  const T* a[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) a[r] = rows + std::min<int64_t>(r0 + r, nr - 1) * d;
+  Vec<T> even[R][2] = {}, odd[R][2] = {};
+  int64_t c = 0;
+  for (; c + 2 <= d; c += 2) {
+    const Vec<T> k0 = loadu(colsT + c * kBK + jb), k1 = loadu(colsT + c * kBK + jb + L);
+    const Vec<T> k2 = loadu(colsT + (c + 1) * kBK + jb), k3 = loadu(colsT + (c + 1) * kBK + jb + L);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      even[r][0] += a[r][c] * k0;
+      even[r][1] += a[r][c] * k1;
+      odd[r][0] += a[r][c + 1] * k2;
+      odd[r][1] += a[r][c + 1] * k3;
     }
+  }
+  if (c < d) {
+    const Vec<T> k0 = loadu(colsT + c * kBK + jb), k1 = loadu(colsT + c * kBK + jb + L);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      even[r][0] += a[r][c] * k0;
+      even[r][1] += a[r][c] * k1;
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    if (r0 + r >= nr) break;
+    storeu(out + (r0 + r) * kBK + jb, even[r][0] + odd[r][0]);
+    storeu(out + (r0 + r) * kBK + jb + L, even[r][1] + odd[r][1]);
   }
 }
 
-// acc[c] += mul * sum_i coef[i * stride] * vecs[i * d + c] for c < d: 4 vectors of acc stay in registers
-// while the n rows stream past (instead of one axpy, with a load and store of acc, per row).
+// out[r][j] = rows[r] . cols[j] for nr rows against the key tile given transposed (colsT[c][kBK]).
+// Columns past nk (up to the tile width) come from stale tile memory and are ignored by the callers.
 template <typename T>
-inline void combine_rows(const T* coef, int64_t stride, int64_t n, const T* vecs, int64_t d, T mul, T* acc) {
-  constexpr int64_t L = kLanes<T>, W = 4 * L;
-  int64_t c0 = 0;
-  for (; c0 + W <= d; c0 += W) {
-    T* ac = acc + c0;
-    Vec<T> a0, a1, a2, a3;
-    std::memcpy(&a0, ac, sizeof(a0));
-    std::memcpy(&a1, ac + L, sizeof(a1));
-    std::memcpy(&a2, ac + 2 * L, sizeof(a2));
-    std::memcpy(&a3, ac + 3 * L, sizeof(a3));
-    for (int64_t i = 0; i < n; ++i) {
-      const T x = coef[i * stride] * mul;
-      const T* vi = vecs + i * d + c0;
-      Vec<T> v0, v1, v2, v3;
-      std::memcpy(&v0, vi, sizeof(v0));
-      std::memcpy(&v1, vi + L, sizeof(v1));
-      std::memcpy(&v2, vi + 2 * L, sizeof(v2));
-      std::memcpy(&v3, vi + 3 * L, sizeof(v3));
-      a0 += x * v0;
-      a1 += x * v1;
-      a2 += x * v2;
-      a3 += x * v3;
+inline void tile_dots(const T* rows, int64_t nr, const T* colsT, int64_t nk, int64_t d, T* out) {
+  constexpr int64_t L = kLanes<T>;
+  static_assert(kBK % (2 * L) == 0, "key tile must be a multiple of two vectors");
+  for (int64_t jb = 0; jb < nk; jb += 2 * L)
+    for (int64_t r0 = 0; r0 < nr; r0 += kDotRows) dot_block<T, kDotRows>(rows, r0, nr, colsT, jb, d, out);
+}
+
+// Coefficients of a combination: coef(o, i) = base[o * row_stride + i * col_stride].
+template <typename T>
+struct Coef {
+  const T* base;
+  int64_t row_stride, col_stride;
+  T operator()(int64_t o, int64_t i) const { return base[o * row_stride + i * col_stride]; }
+};
+
+// acc[o][c] += mul * sum_i coef(o, i) * vecs[i][c] for R output rows (rows past no are computed on the
+// last row and not stored) and the 4-vector channel block at c0: each loaded vecs row feeds R rows.
+template <typename T, int R>
+inline void combine_block(const Coef<T>& coef, int64_t o0, int64_t no, int64_t n, const T* vecs, int64_t d,
+                          int64_t c0, T mul, T* acc) {
+  constexpr int64_t L = kLanes<T>;
+  int64_t o[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) o[r] = std::min<int64_t>(o0 + r, no - 1);
+  Vec<T> a[R][4];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) a[r][v] = loadu(acc + o[r] * d + c0 + v * L);
+  for (int64_t i = 0; i < n; ++i) {
+    const T* vi = vecs + i * d + c0;
+    const Vec<T> v0 = loadu(vi), v1 = loadu(vi + L), v2 = loadu(vi + 2 * L), v3 = loadu(vi + 3 * L);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const T x = coef(o[r], i) * mul;
+      a[r][0] += x * v0;
+      a[r][1] += x * v1;
+      a[r][2] += x * v2;
+      a[r][3] += x * v3;
     }
-    std::memcpy(ac, &a0, sizeof(a0));
-    std::memcpy(ac + L, &a1, sizeof(a1));
-    std::memcpy(ac + 2 * L, &a2, sizeof(a2));
-    std::memcpy(ac + 3 * L, &a3, sizeof(a3));
   }
-  for (int64_t i = 0; i < n && c0 < d; ++i) {
-    const T x = coef[i * stride] * mul;
-    if (x != T(0)) axpy(x, vecs + i * d + c0, acc + c0, d - c0);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    if (o0 + r >= no) break;
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) storeu(acc + o[r] * d + c0 + v * L, a[r][v]);
   }
+}
+
+// acc[o][c] += mul * sum_{i < n} coef(o, i) * vecs[i][c] for the no rows of acc ([no][d]): blocks of
+// kCombineRows rows x 4 vectors of channels stay in registers while the n vecs rows stream past.
+template <typename T>
+inline void combine_rows(const Coef<T>& coef, int64_t no, int64_t n, const T* vecs, int64_t d, T mul, T* acc) {
+  constexpr int64_t W = 4 * kLanes<T>;
+  int64_t c0 = 0;
+  for (; c0 + W <= d; c0 += W)
+    for (int64_t o0 = 0; o0 < no; o0 += kCombineRows)
+      combine_block<T, kCombineRows>(coef, o0, no, n, vecs, d, c0, mul, acc);
+  if (c0 < d)  // the channels past the last 4-vector block
+    for (int64_t o = 0; o < no; ++o)
+      for (int64_t i = 0; i < n; ++i) {
+        const T x = coef(o, i) * mul;
+        if (x != T(0)) axpy(x, vecs + i * d + c0, acc + o * d + c0, d - c0);
+      }
 }
 
 // dst[c][kBK] = src[j][c] for the nk rows of a key tile
@@ -316,10 +359,14 @@ void forward(const Dims& D, const Geo<T>& g, const T* q, const T* kt, const T* v
             sr[j] = vexp(sr[j] - mx);
             sum += sr[j];
           }
-          combine_rows(sr, 1, nk, vtb + j0 * d, d, T(1), ar);
           l[r] = l[r] * alpha + sum;
           m[r] = mx;
         }
+        // rows whose keys are all masked so far kept their -inf logits: give them zero weights
+        for (int64_t r = 0; r < nq; ++r)
+          if (m[r] == ninf)
+            for (int64_t j = 0; j < nk; ++j) s[r * kBK + j] = 0;
+        combine_rows(Coef<T>{s.data(), kBK, 1}, nq, nk, vtb + j0 * d, d, T(1), acc.data());
       }
       for (int64_t r = 0; r < nq; ++r) {
         T* orow = out + (bh * D.Nq + i0 + r) * d;
@@ -383,10 +430,9 @@ void backward_kv(const Dims& D, const T* qt, const T* dot_t, const T* Dv, const 
         const int64_t nq = std::min(kBQ, D.Nq - i0), row0 = bh * D.Nq + i0;
         tile_dots(qt + row0 * d, nq, kT.data(), nk, d, s.data());
         tile_probs(D, dot_t + row0 * d, vT.data(), Dv + row0, lse + row0, mask, nq, j0, nk, s.data(), dp.data());
-        for (int64_t j = 0; j < nk; ++j) {  // column j of P and dS against the block's rows
-          combine_rows(s.data() + j, kBK, nq, dot_t + row0 * d, d, T(1), dv + j * d);
-          combine_rows(dp.data() + j, kBK, nq, qt + row0 * d, d, T(1), dk + j * d);
-        }
+        // dv[j] += sum_r P[r, j] do~[r], dk[j] += sum_r dS[r, j] q~[r]: columns of P and dS
+        combine_rows(Coef<T>{s.data(), 1, kBK}, nk, nq, dot_t + row0 * d, d, T(1), dv);
+        combine_rows(Coef<T>{dp.data(), 1, kBK}, nk, nq, qt + row0 * d, d, T(1), dk);
       }
     }
   });
@@ -416,10 +462,8 @@ void backward_q(const Dims& D, const T* qt, const T* dot_t, const T* Dv, const T
         transpose_tile(vtile, nk, d, vT.data());
         tile_dots(qt + row0 * d, nq, kT.data(), nk, d, s.data());
         tile_probs(D, dot_t + row0 * d, vT.data(), Dv + row0, lse + row0, mask, nq, j0, nk, s.data(), dp.data());
-        for (int64_t r = 0; r < nq; ++r) {
-          combine_rows(dp.data() + r * kBK, 1, nk, ktile, d, scale, dq + r * d);
-          if (o) combine_rows(s.data() + r * kBK, 1, nk, vtile, d, T(1), o + r * d);
-        }
+        combine_rows(Coef<T>{dp.data(), kBK, 1}, nq, nk, ktile, d, scale, dq);
+        if (o) combine_rows(Coef<T>{s.data(), kBK, 1}, nq, nk, vtile, d, T(1), o);
       }
     }
   });
