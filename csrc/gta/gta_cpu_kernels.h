@@ -5,8 +5,9 @@
 // every query tile reuses them), then threads take (batch, head, query tile) items: the Q tile is
 // transformed in the prologue, key tiles are streamed with an online softmax (the Nq x Nk scores never
 // exist), and P is applied to the normalised output in the epilogue.
-// Backward (FlashAttention-2 recomputation from lse): one pass over key tiles accumulates dK~, dV~, one
-// over query tiles dQ~ (and o~ for the SE(3) gradient); then per (batch, view) the 4x4 gradients are
+// Backward (FlashAttention-2 recomputation from lse): with at least one (batch, head) per thread, one
+// pass over key tiles accumulates dK~, dV~, dQ~ (and o~ for the SE(3) gradient); otherwise one pass over
+// key tiles gives dK~, dV~ and one over query tiles dQ~ (and o~); then per (batch, view) the 4x4 gradients are
 // reduced in a fixed order and the transposed transforms map dQ~, dK~, dV~ back. No atomics, so the
 // results do not depend on the thread count.
 #include "gta/gta_cpu_entry.h"
@@ -469,6 +470,46 @@ void backward_q(const Dims& D, const T* qt, const T* dot_t, const T* Dv, const T
   });
 }
 
+// Both backward passes in one, when there are enough (batch, head) pairs to keep every thread busy:
+// an item owns one (batch, head), so it can accumulate dQ~ (and o~) of all its queries while it walks
+// the key tiles, and each tile's logits and dS are computed once instead of twice. The sums run in
+// the same order as in backward_kv + backward_q (key tiles, then query blocks, ascending), so the
+// results are the same bits either way.
+template <typename T>
+void backward_one_pass(const Dims& D, const T* qt, const T* dot_t, const T* Dv, const T* lse, const T* kt,
+                       const T* vt, const bool* mask_all, T scale, T* dkt, T* dvt, T* dqt, T* ot) {
+  const int64_t d = D.d;
+  at::parallel_for(0, D.B * D.H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> kT(d * kBK), vT(d * kBK), s(kBQ * kBK), dp(kBQ * kBK);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / D.H;
+      const bool* mask = mask_all ? mask_all + b * D.Nk : nullptr;
+      std::fill(dqt + bh * D.Nq * d, dqt + (bh + 1) * D.Nq * d, T(0));
+      if (ot) std::fill(ot + bh * D.Nq * d, ot + (bh + 1) * D.Nq * d, T(0));
+      for (int64_t j0 = 0; j0 < D.Nk; j0 += kBK) {
+        const int64_t nk = std::min(kBK, D.Nk - j0);
+        const T* ktile = kt + (bh * D.Nk + j0) * d;
+        const T* vtile = vt + (bh * D.Nk + j0) * d;
+        T* dk = dkt + (bh * D.Nk + j0) * d;
+        T* dv = dvt + (bh * D.Nk + j0) * d;
+        std::fill(dk, dk + nk * d, T(0));
+        std::fill(dv, dv + nk * d, T(0));
+        transpose_tile(ktile, nk, d, kT.data());
+        transpose_tile(vtile, nk, d, vT.data());
+        for (int64_t i0 = 0; i0 < D.Nq; i0 += kBQ) {
+          const int64_t nq = std::min(kBQ, D.Nq - i0), row0 = bh * D.Nq + i0;
+          tile_dots(qt + row0 * d, nq, kT.data(), nk, d, s.data());
+          tile_probs(D, dot_t + row0 * d, vT.data(), Dv + row0, lse + row0, mask, nq, j0, nk, s.data(), dp.data());
+          combine_rows(Coef<T>{s.data(), 1, kBK}, nk, nq, dot_t + row0 * d, d, T(1), dv);
+          combine_rows(Coef<T>{dp.data(), 1, kBK}, nk, nq, qt + row0 * d, d, T(1), dk);
+          combine_rows(Coef<T>{dp.data(), kBK, 1}, nq, nk, ktile, d, scale, dqt + row0 * d);
+          if (ot) combine_rows(Coef<T>{s.data(), kBK, 1}, nq, nk, vtile, d, T(1), ot + row0 * d);
+        }
+      }
+    }
+  });
+}
+
 // sum over heads, tokens of the view and 4-chunks of a[r] * b[c] (the 4x4 outer products of one site)
 template <typename T>
 inline void add_outer4(const Dims& D, const T* a, const T* b, int64_t bb, int64_t N, int64_t t0, int64_t t1,
@@ -539,10 +580,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gta_bwd_c
       }
     });
     transform_kv(D, g, k.data_ptr<T>(), v.data_ptr<T>(), v_transform, kt.data_ptr<T>(), vt.data_ptr<T>());
-    backward_kv(D, qtp, dotp, Dvp, lse.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), mask, dk.data_ptr<T>(),
-                dv.data_ptr<T>());
-    backward_q(D, qtp, dotp, Dvp, lse.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), mask, T(scale),
-               dq.data_ptr<T>(), need_ot ? ot.data_ptr<T>() : nullptr);
+    T* otp = need_ot ? ot.data_ptr<T>() : nullptr;
+    if (D.B * D.H >= at::get_num_threads()) {
+      backward_one_pass(D, qtp, dotp, Dvp, lse.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), mask, T(scale),
+                        dk.data_ptr<T>(), dv.data_ptr<T>(), dq.data_ptr<T>(), otp);
+    } else {  // few (batch, head) pairs: parallel over key tiles, then over query tiles
+      backward_kv(D, qtp, dotp, Dvp, lse.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), mask, dk.data_ptr<T>(),
+                  dv.data_ptr<T>());
+      backward_q(D, qtp, dotp, Dvp, lse.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), mask, T(scale),
+                 dq.data_ptr<T>(), otp);
+    }
     // per (batch, view): 4x4 gradients in a fixed order, then the transposed transforms in place
     T *dqp = dq.data_ptr<T>(), *dkp = dk.data_ptr<T>(), *dvp = dv.data_ptr<T>();
     const T *kp = k.data_ptr<T>(), *vp = v.data_ptr<T>();
