@@ -411,29 +411,43 @@ inline void tile_probs(const Dims& D, const T* dot_rows, const T* vT, const T* D
   }
 }
 
-// dK~ and dV~ by key tiles; queries are streamed in blocks of kBQ.
+// dK~ and dV~ by key tiles; queries are streamed in blocks of kBQ. With dqt (one pass), dQ~ and, when
+// ot is given, o~ as well: an item is then a whole (batch, head), which owns its queries' rows, so it
+// accumulates them while it walks the key tiles and each tile's logits and dS are computed once, not
+// twice (use it when there is at least one (batch, head) per thread). The sums run in the same order
+// as backward_q's (key tiles, then query blocks, ascending): both ways give the same bits.
 template <typename T>
 void backward_kv(const Dims& D, const T* qt, const T* dot_t, const T* Dv, const T* lse, const T* kt, const T* vt,
-                 const bool* mask_all, T* dkt, T* dvt) {
-  const int64_t d = D.d, nkt = (D.Nk + kBK - 1) / kBK;
-  at::parallel_for(0, D.B * D.H * nkt, 1, [&](int64_t begin, int64_t end) {
+                 const bool* mask_all, T scale, T* dkt, T* dvt, T* dqt, T* ot) {
+  const int64_t d = D.d, nkt = (D.Nk + kBK - 1) / kBK, per_bh = dqt ? 1 : nkt;
+  at::parallel_for(0, D.B * D.H * per_bh, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> kT(d * kBK), vT(d * kBK), s(kBQ * kBK), dp(kBQ * kBK);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t bh = item / nkt, j0 = (item % nkt) * kBK, b = bh / D.H;
-      const int64_t nk = std::min(kBK, D.Nk - j0);
+      const int64_t bh = item / per_bh, b = bh / D.H;
+      const int64_t tile_lo = dqt ? 0 : item % per_bh, tile_hi = dqt ? nkt : tile_lo + 1;
       const bool* mask = mask_all ? mask_all + b * D.Nk : nullptr;
-      T* dk = dkt + (bh * D.Nk + j0) * d;
-      T* dv = dvt + (bh * D.Nk + j0) * d;
-      for (int64_t c = 0; c < nk * d; ++c) dk[c] = 0, dv[c] = 0;
-      transpose_tile(kt + (bh * D.Nk + j0) * d, nk, d, kT.data());
-      transpose_tile(vt + (bh * D.Nk + j0) * d, nk, d, vT.data());
-      for (int64_t i0 = 0; i0 < D.Nq; i0 += kBQ) {
-        const int64_t nq = std::min(kBQ, D.Nq - i0), row0 = bh * D.Nq + i0;
-        tile_dots(qt + row0 * d, nq, kT.data(), nk, d, s.data());
-        tile_probs(D, dot_t + row0 * d, vT.data(), Dv + row0, lse + row0, mask, nq, j0, nk, s.data(), dp.data());
-        // dv[j] += sum_r P[r, j] do~[r], dk[j] += sum_r dS[r, j] q~[r]: columns of P and dS
-        combine_rows(Coef<T>{s.data(), 1, kBK}, nk, nq, dot_t + row0 * d, d, T(1), dv);
-        combine_rows(Coef<T>{dp.data(), 1, kBK}, nk, nq, qt + row0 * d, d, T(1), dk);
+      if (dqt) std::fill(dqt + bh * D.Nq * d, dqt + (bh + 1) * D.Nq * d, T(0));
+      if (ot) std::fill(ot + bh * D.Nq * d, ot + (bh + 1) * D.Nq * d, T(0));
+      for (int64_t tile = tile_lo; tile < tile_hi; ++tile) {
+        const int64_t j0 = tile * kBK, nk = std::min(kBK, D.Nk - j0);
+        const T* ktile = kt + (bh * D.Nk + j0) * d;
+        const T* vtile = vt + (bh * D.Nk + j0) * d;
+        T* dk = dkt + (bh * D.Nk + j0) * d;
+        T* dv = dvt + (bh * D.Nk + j0) * d;
+        std::fill(dk, dk + nk * d, T(0));
+        std::fill(dv, dv + nk * d, T(0));
+        transpose_tile(ktile, nk, d, kT.data());
+        transpose_tile(vtile, nk, d, vT.data());
+        for (int64_t i0 = 0; i0 < D.Nq; i0 += kBQ) {
+          const int64_t nq = std::min(kBQ, D.Nq - i0), row0 = bh * D.Nq + i0;
+          tile_dots(qt + row0 * d, nq, kT.data(), nk, d, s.data());
+          tile_probs(D, dot_t + row0 * d, vT.data(), Dv + row0, lse + row0, mask, nq, j0, nk, s.data(), dp.data());
+          // dv[j] += sum_r P[r, j] do~[r], dk[j] += sum_r dS[r, j] q~[r]: columns of P and dS
+          combine_rows(Coef<T>{s.data(), 1, kBK}, nk, nq, dot_t + row0 * d, d, T(1), dv);
+          combine_rows(Coef<T>{dp.data(), 1, kBK}, nk, nq, qt + row0 * d, d, T(1), dk);
+          if (dqt) combine_rows(Coef<T>{dp.data(), kBK, 1}, nq, nk, ktile, d, scale, dqt + row0 * d);
+          if (ot) combine_rows(Coef<T>{s.data(), kBK, 1}, nq, nk, vtile, d, T(1), ot + row0 * d);
+        }
       }
     }
   });
@@ -465,46 +479,6 @@ void backward_q(const Dims& D, const T* qt, const T* dot_t, const T* Dv, const T
         tile_probs(D, dot_t + row0 * d, vT.data(), Dv + row0, lse + row0, mask, nq, j0, nk, s.data(), dp.data());
         combine_rows(Coef<T>{dp.data(), kBK, 1}, nq, nk, ktile, d, scale, dq);
         if (o) combine_rows(Coef<T>{s.data(), kBK, 1}, nq, nk, vtile, d, T(1), o);
-      }
-    }
-  });
-}
-
-// Both backward passes in one, when there are enough (batch, head) pairs to keep every thread busy:
-// an item owns one (batch, head), so it can accumulate dQ~ (and o~) of all its queries while it walks
-// the key tiles, and each tile's logits and dS are computed once instead of twice. The sums run in
-// the same order as in backward_kv + backward_q (key tiles, then query blocks, ascending), so the
-// results are the same bits either way.
-template <typename T>
-void backward_one_pass(const Dims& D, const T* qt, const T* dot_t, const T* Dv, const T* lse, const T* kt,
-                       const T* vt, const bool* mask_all, T scale, T* dkt, T* dvt, T* dqt, T* ot) {
-  const int64_t d = D.d;
-  at::parallel_for(0, D.B * D.H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> kT(d * kBK), vT(d * kBK), s(kBQ * kBK), dp(kBQ * kBK);
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / D.H;
-      const bool* mask = mask_all ? mask_all + b * D.Nk : nullptr;
-      std::fill(dqt + bh * D.Nq * d, dqt + (bh + 1) * D.Nq * d, T(0));
-      if (ot) std::fill(ot + bh * D.Nq * d, ot + (bh + 1) * D.Nq * d, T(0));
-      for (int64_t j0 = 0; j0 < D.Nk; j0 += kBK) {
-        const int64_t nk = std::min(kBK, D.Nk - j0);
-        const T* ktile = kt + (bh * D.Nk + j0) * d;
-        const T* vtile = vt + (bh * D.Nk + j0) * d;
-        T* dk = dkt + (bh * D.Nk + j0) * d;
-        T* dv = dvt + (bh * D.Nk + j0) * d;
-        std::fill(dk, dk + nk * d, T(0));
-        std::fill(dv, dv + nk * d, T(0));
-        transpose_tile(ktile, nk, d, kT.data());
-        transpose_tile(vtile, nk, d, vT.data());
-        for (int64_t i0 = 0; i0 < D.Nq; i0 += kBQ) {
-          const int64_t nq = std::min(kBQ, D.Nq - i0), row0 = bh * D.Nq + i0;
-          tile_dots(qt + row0 * d, nq, kT.data(), nk, d, s.data());
-          tile_probs(D, dot_t + row0 * d, vT.data(), Dv + row0, lse + row0, mask, nq, j0, nk, s.data(), dp.data());
-          combine_rows(Coef<T>{s.data(), 1, kBK}, nk, nq, dot_t + row0 * d, d, T(1), dv);
-          combine_rows(Coef<T>{dp.data(), 1, kBK}, nk, nq, qt + row0 * d, d, T(1), dk);
-          combine_rows(Coef<T>{dp.data(), kBK, 1}, nq, nk, ktile, d, scale, dqt + row0 * d);
-          if (ot) combine_rows(Coef<T>{s.data(), kBK, 1}, nq, nk, vtile, d, T(1), ot + row0 * d);
-        }
       }
     }
   });
@@ -581,12 +555,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gta_bwd_c
     });
     transform_kv(D, g, k.data_ptr<T>(), v.data_ptr<T>(), v_transform, kt.data_ptr<T>(), vt.data_ptr<T>());
     T* otp = need_ot ? ot.data_ptr<T>() : nullptr;
-    if (D.B * D.H >= at::get_num_threads()) {
-      backward_one_pass(D, qtp, dotp, Dvp, lse.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), mask, T(scale),
-                        dk.data_ptr<T>(), dv.data_ptr<T>(), dq.data_ptr<T>(), otp);
+    if (D.B * D.H >= at::get_num_threads()) {  // one pass
+      backward_kv(D, qtp, dotp, Dvp, lse.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), mask, T(scale),
+                  dk.data_ptr<T>(), dv.data_ptr<T>(), dq.data_ptr<T>(), otp);
     } else {  // few (batch, head) pairs: parallel over key tiles, then over query tiles
-      backward_kv(D, qtp, dotp, Dvp, lse.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), mask, dk.data_ptr<T>(),
-                  dv.data_ptr<T>());
+      backward_kv(D, qtp, dotp, Dvp, lse.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), mask, T(scale),
+                  dk.data_ptr<T>(), dv.data_ptr<T>(), static_cast<T*>(nullptr), static_cast<T*>(nullptr));
       backward_q(D, qtp, dotp, Dvp, lse.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), mask, T(scale),
                  dq.data_ptr<T>(), otp);
     }
