@@ -321,18 +321,33 @@ inline void tile_logits(const Dims& D, const T* qt, const T* kT, const bool* mas
       if (!mask[j0 + j]) s[r * kBK + j] = ninf;
 }
 
+// Every key tile of K~ transposed once ([B*H][tile][d][kBK], columns past the last key zero), so the
+// forward's query tiles, which all read every key tile, do not each transpose it again.
 template <typename T>
-void forward(const Dims& D, const Geo<T>& g, const T* q, const T* kt, const T* vt, const bool* mask_all, T scale,
+void transpose_key_tiles(const Dims& D, const T* kt, T* ktT) {
+  const int64_t d = D.d, nkt = (D.Nk + kBK - 1) / kBK;
+  at::parallel_for(0, D.B * D.H * nkt, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t bh = item / nkt, j0 = (item % nkt) * kBK, nk = std::min(kBK, D.Nk - j0);
+      T* dst = ktT + item * d * kBK;
+      if (nk < kBK) std::fill(dst, dst + d * kBK, T(0));
+      transpose_tile(kt + (bh * D.Nk + j0) * d, nk, d, dst);
+    }
+  });
+}
+
+template <typename T>
+void forward(const Dims& D, const Geo<T>& g, const T* q, const T* ktT, const T* vt, const bool* mask_all, T scale,
              bool v_transform, T* out, T* lse) {
-  const int64_t d = D.d, nqt = (D.Nq + kBQ - 1) / kBQ;
+  const int64_t d = D.d, nqt = (D.Nq + kBQ - 1) / kBQ, nkt = (D.Nk + kBK - 1) / kBK;
   const T ninf = -std::numeric_limits<T>::infinity();
   at::parallel_for(0, D.B * D.H * nqt, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> qt(kBQ * d), acc(kBQ * d), s(kBQ * kBK), m(kBQ), l(kBQ), kT(d * kBK);
+    std::vector<T> qt(kBQ * d), acc(kBQ * d), s(kBQ * kBK), m(kBQ), l(kBQ);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bh = item / nqt, i0 = (item % nqt) * kBQ, b = bh / D.H;
       const int64_t nq = std::min(kBQ, D.Nq - i0);
       const T* qb = q + (bh * D.Nq + i0) * d;
-      const T* ktb = kt + bh * D.Nk * d;
+      const T* ktTb = ktT + bh * nkt * d * kBK;
       const T* vtb = vt + bh * D.Nk * d;
       const bool* mask = mask_all ? mask_all + b * D.Nk : nullptr;
       for (int64_t r = 0; r < nq; ++r) {
@@ -342,8 +357,7 @@ void forward(const Dims& D, const Geo<T>& g, const T* q, const T* kt, const T* v
       }
       for (int64_t j0 = 0; j0 < D.Nk; j0 += kBK) {
         const int64_t nk = std::min(kBK, D.Nk - j0);
-        transpose_tile(ktb + j0 * d, nk, d, kT.data());
-        tile_logits(D, qt.data(), kT.data(), mask, nq, j0, nk, s.data());
+        tile_logits(D, qt.data(), ktTb + (j0 / kBK) * d * kBK, mask, nq, j0, nk, s.data());
         for (int64_t r = 0; r < nq; ++r) {
           T* sr = s.data() + r * kBK;
           T mx = m[r];
@@ -506,6 +520,7 @@ std::tuple<at::Tensor, at::Tensor> gta_fwd_cpu(const Dims& D, const at::Tensor& 
   auto out = at::empty(q.sizes(), q.options());
   auto lse = at::empty({D.B, D.H, D.Nq}, q.options());
   auto kt = at::empty(k.sizes(), k.options()), vt = at::empty(v.sizes(), v.options());
+  auto ktT = at::empty({D.B * D.H * ((D.Nk + kBK - 1) / kBK) * D.d * kBK}, k.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gta_attention_fwd", [&] {
     const Geo<scalar_t> g{geo.q_se3.data_ptr<scalar_t>(), geo.k_se3.data_ptr<scalar_t>(),
                           geo.q_so3.data_ptr<scalar_t>(), geo.k_so3.data_ptr<scalar_t>(),
@@ -514,7 +529,8 @@ std::tuple<at::Tensor, at::Tensor> gta_fwd_cpu(const Dims& D, const at::Tensor& 
     const bool* mask = key_mask ? key_mask->data_ptr<bool>() : nullptr;
     transform_kv(D, g, k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), v_transform, kt.data_ptr<scalar_t>(),
                  vt.data_ptr<scalar_t>());
-    forward(D, g, q.data_ptr<scalar_t>(), kt.data_ptr<scalar_t>(), vt.data_ptr<scalar_t>(), mask,
+    transpose_key_tiles(D, kt.data_ptr<scalar_t>(), ktT.data_ptr<scalar_t>());
+    forward(D, g, q.data_ptr<scalar_t>(), ktT.data_ptr<scalar_t>(), vt.data_ptr<scalar_t>(), mask,
             scalar_t(scale), v_transform, out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
   });
   return {out, lse};
