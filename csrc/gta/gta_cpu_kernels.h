@@ -43,9 +43,43 @@ namespace {
 constexpr int64_t kBQ = 32;  // query rows per work item
 constexpr int64_t kBK = 64;  // keys per streamed tile
 
+// Geometry of one call: the SE(3) and SO(3) blocks per view and, per token, the cosines and sines of
+// its SO(2) angles (q_cs [B, Nq, so2/2, 2], k_cs [B, Nk, so2/2, 2]: computed once per call by
+// so2_tables, where every head and each of q, k, v and the output would otherwise recompute them).
 template <typename T>
 struct Geo {
-  const T *q_se3, *k_se3, *q_so3, *k_so3, *q_pos, *k_pos, *freqs;
+  const T *q_se3, *k_se3, *q_so3, *k_so3, *q_cs, *k_cs;
+};
+
+// cos and sin of pos[p & 1] * freqs[p >> 1] for every token and 2x2 block p (the angle with sign +1;
+// sign -1 only flips the sine, exactly).
+template <typename T>
+std::vector<T> so2_tables(const Dims& D, const T* pos, const T* freqs, int64_t tokens) {
+  const int64_t pairs = D.so2 / 2;
+  std::vector<T> cs(tokens * pairs * 2);
+  at::parallel_for(0, tokens, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t)
+      for (int64_t p = 0; p < pairs; ++p) {
+        const T phi = pos[t * 2 + (p & 1)] * freqs[p >> 1];
+        cs[(t * pairs + p) * 2] = std::cos(phi);
+        cs[(t * pairs + p) * 2 + 1] = std::sin(phi);
+      }
+  });
+  return cs;
+}
+
+// The call's Geo with its SO(2) tables (owned here).
+template <typename T>
+struct GeoData {
+  std::vector<T> q_cs, k_cs;
+  Geo<T> g;  // points into the tables: not copyable
+  GeoData(const GeoData&) = delete;
+  GeoData& operator=(const GeoData&) = delete;
+  GeoData(const Dims& D, const GeoTensors& geo)
+      : q_cs(so2_tables(D, geo.q_pos.data_ptr<T>(), geo.freqs.data_ptr<T>(), D.B * D.Nq)),
+        k_cs(so2_tables(D, geo.k_pos.data_ptr<T>(), geo.freqs.data_ptr<T>(), D.B * D.Nk)),
+        g{geo.q_se3.data_ptr<T>(), geo.k_se3.data_ptr<T>(), geo.q_so3.data_ptr<T>(), geo.k_so3.data_ptr<T>(),
+          q_cs.data(), k_cs.data()} {}
 };
 
 // The operator on one token: y = mul * blockdiag(I, M4 (or M4^T), M8 (or M8^T), R(sign * phi)) x.
@@ -54,13 +88,13 @@ template <typename T>
 struct TokenOp {
   const T* m4;
   const T* m8;
-  const T* pos;
+  const T* cs;  // cos, sin of the token's angles phi (so2_tables)
   bool transpose;
   T sign;
 };
 
 template <typename T>
-inline void apply_token(const Dims& D, const T* freqs, const TokenOp<T>& op, T mul, const T* x, T* y) {
+inline void apply_token(const Dims& D, const TokenOp<T>& op, T mul, const T* x, T* y) {
   for (int64_t c = 0; c < D.triv; ++c) y[c] = mul * x[c];
   int64_t o = D.triv;
   for (int64_t ch = 0; ch < D.se3; ch += 4) {
@@ -86,8 +120,7 @@ inline void apply_token(const Dims& D, const T* freqs, const TokenOp<T>& op, T m
   }
   o += D.so3;
   for (int64_t p = 0; p < D.so2 / 2; ++p) {
-    const T phi = op.sign * op.pos[p & 1] * freqs[p >> 1];
-    const T c = std::cos(phi), s = std::sin(phi);
+    const T c = op.cs[2 * p], s = op.sign * op.cs[2 * p + 1];
     const T x0 = x[o + 2 * p], x1 = x[o + 2 * p + 1];
     y[o + 2 * p] = mul * (c * x0 - s * x1);
     y[o + 2 * p + 1] = mul * (s * x0 + c * x1);
@@ -98,12 +131,12 @@ inline void apply_token(const Dims& D, const T* freqs, const TokenOp<T>& op, T m
 template <typename T>
 inline TokenOp<T> q_op(const Dims& D, const Geo<T>& g, int64_t b, int64_t i, bool transpose, T sign) {
   const int64_t view = b * D.Vq + i / D.tq();
-  return {g.q_se3 + view * 16, g.q_so3 + view * 64, g.q_pos + (b * D.Nq + i) * 2, transpose, sign};
+  return {g.q_se3 + view * 16, g.q_so3 + view * 64, g.q_cs + (b * D.Nq + i) * D.so2, transpose, sign};
 }
 template <typename T>
 inline TokenOp<T> k_op(const Dims& D, const Geo<T>& g, int64_t b, int64_t j, bool transpose, T sign) {
   const int64_t view = b * D.Vk + j / D.tk();
-  return {g.k_se3 + view * 16, g.k_so3 + view * 64, g.k_pos + (b * D.Nk + j) * 2, transpose, sign};
+  return {g.k_se3 + view * 16, g.k_so3 + view * 64, g.k_cs + (b * D.Nk + j) * D.so2, transpose, sign};
 }
 
 // exp(x) from arithmetic and bit operations only, so loops over it vectorise under omp simd (libm's
@@ -174,8 +207,8 @@ void transform_kv(const Dims& D, const Geo<T>& g, const T* k, const T* v, bool v
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / (D.H * D.Nk), j = r % D.Nk;
       const auto op = k_op(D, g, b, j, false, T(1));
-      apply_token(D, g.freqs, op, T(1), k + r * d, kt + r * d);
-      if (v_transform) apply_token(D, g.freqs, op, T(1), v + r * d, vt + r * d);
+      apply_token(D, op, T(1), k + r * d, kt + r * d);
+      if (v_transform) apply_token(D, op, T(1), v + r * d, vt + r * d);
       else for (int64_t c = 0; c < d; ++c) vt[r * d + c] = v[r * d + c];
     }
   });
@@ -351,7 +384,7 @@ void forward(const Dims& D, const Geo<T>& g, const T* q, const T* ktT, const T* 
       const T* vtb = vt + bh * D.Nk * d;
       const bool* mask = mask_all ? mask_all + b * D.Nk : nullptr;
       for (int64_t r = 0; r < nq; ++r) {
-        apply_token(D, g.freqs, q_op(D, g, b, i0 + r, true, T(1)), scale, qb + r * d, qt.data() + r * d);
+        apply_token(D, q_op(D, g, b, i0 + r, true, T(1)), scale, qb + r * d, qt.data() + r * d);
         m[r] = ninf, l[r] = 0;
         for (int64_t c = 0; c < d; ++c) acc[r * d + c] = 0;
       }
@@ -392,7 +425,7 @@ void forward(const Dims& D, const Geo<T>& g, const T* q, const T* ktT, const T* 
           continue;
         }
         const T inv = T(1) / l[r];
-        if (v_transform) apply_token(D, g.freqs, q_op(D, g, b, i0 + r, false, T(-1)), inv, ar, orow);
+        if (v_transform) apply_token(D, q_op(D, g, b, i0 + r, false, T(-1)), inv, ar, orow);
         else for (int64_t c = 0; c < d; ++c) orow[c] = inv * ar[c];
         lse[bh * D.Nq + i0 + r] = m[r] + std::log(l[r]);
       }
@@ -522,10 +555,8 @@ std::tuple<at::Tensor, at::Tensor> gta_fwd_cpu(const Dims& D, const at::Tensor& 
   auto kt = at::empty(k.sizes(), k.options()), vt = at::empty(v.sizes(), v.options());
   auto ktT = at::empty({D.B * D.H * ((D.Nk + kBK - 1) / kBK) * D.d * kBK}, k.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gta_attention_fwd", [&] {
-    const Geo<scalar_t> g{geo.q_se3.data_ptr<scalar_t>(), geo.k_se3.data_ptr<scalar_t>(),
-                          geo.q_so3.data_ptr<scalar_t>(), geo.k_so3.data_ptr<scalar_t>(),
-                          geo.q_pos.data_ptr<scalar_t>(), geo.k_pos.data_ptr<scalar_t>(),
-                          geo.freqs.data_ptr<scalar_t>()};
+    GeoData<scalar_t> gd(D, geo);
+    const Geo<scalar_t>& g = gd.g;
     const bool* mask = key_mask ? key_mask->data_ptr<bool>() : nullptr;
     transform_kv(D, g, k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), v_transform, kt.data_ptr<scalar_t>(),
                  vt.data_ptr<scalar_t>());
@@ -551,8 +582,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gta_bwd_c
   auto ot = need_ot ? at::empty(q.sizes(), q.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gta_attention_bwd", [&] {
     using T = scalar_t;
-    const Geo<T> g{geo.q_se3.data_ptr<T>(), geo.k_se3.data_ptr<T>(), geo.q_so3.data_ptr<T>(),
-                   geo.k_so3.data_ptr<T>(), geo.q_pos.data_ptr<T>(), geo.k_pos.data_ptr<T>(), geo.freqs.data_ptr<T>()};
+    GeoData<T> gd(D, geo);
+    const Geo<T>& g = gd.g;
     const bool* mask = key_mask ? key_mask->data_ptr<bool>() : nullptr;
     const int64_t d = D.d;
     const T* qp = q.data_ptr<T>();
@@ -563,8 +594,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gta_bwd_c
     at::parallel_for(0, D.B * D.H * D.Nq, 256, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / (D.H * D.Nq), i = row % D.Nq;
-        apply_token(D, g.freqs, q_op(D, g, b, i, true, T(1)), T(scale), qp + row * d, qtp + row * d);
-        if (v_transform) apply_token(D, g.freqs, q_op(D, g, b, i, true, T(1)), T(1), gop + row * d, dotp + row * d);
+        apply_token(D, q_op(D, g, b, i, true, T(1)), T(scale), qp + row * d, qtp + row * d);
+        if (v_transform) apply_token(D, q_op(D, g, b, i, true, T(1)), T(1), gop + row * d, dotp + row * d);
         else for (int64_t c = 0; c < d; ++c) dotp[row * d + c] = gop[row * d + c];
         Dvp[row] = dot(gop + row * d, op + row * d, d);
       }
@@ -593,7 +624,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gta_bwd_c
         for (int64_t h = 0; h < D.H; ++h)
           for (int64_t t = t0; t < t1; ++t) {
             T* x = dqp + ((b * D.H + h) * D.Nq + t) * d;
-            apply_token(D, g.freqs, q_op(D, g, b, t, false, T(-1)), T(1), x, x);
+            apply_token(D, q_op(D, g, b, t, false, T(-1)), T(1), x, x);
           }
       }
     });
@@ -608,8 +639,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gta_bwd_c
           for (int64_t t = t0; t < t1; ++t) {
             const int64_t off = ((b * D.H + h) * D.Nk + t) * d;
             const auto kop = k_op(D, g, b, t, true, T(-1));
-            apply_token(D, g.freqs, kop, T(1), dkp + off, dkp + off);
-            if (v_transform) apply_token(D, g.freqs, kop, T(1), dvp + off, dvp + off);
+            apply_token(D, kop, T(1), dkp + off, dkp + off);
+            if (v_transform) apply_token(D, kop, T(1), dvp + off, dvp + off);
           }
       }
     });
