@@ -41,7 +41,7 @@ namespace phasor::gta::PHASOR_CPU_ISA {
 namespace {
 
 constexpr int64_t kBQ = 32;  // query rows per work item
-constexpr int64_t kBK = 64;  // keys per streamed tile
+constexpr int64_t kBK = 128;  // keys per streamed tile
 
 // Geometry of one call: the SE(3) and SO(3) blocks per view and, per token, the cosines and sines of
 // its SO(2) angles (q_cs [B, Nq, so2/2, 2], k_cs [B, Nk, so2/2, 2]: computed once per call by

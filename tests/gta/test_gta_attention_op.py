@@ -11,7 +11,7 @@ from phasor.gta import ops, reference, reps
 SHAPES = [  # B, H, Nq, Nk, dims, Vq, Vk
     (2, 2, 6, 8, (4, 8, 8, 12), 2, 2),
     (1, 1, 1, 1, (0, 4, 0, 4), 1, 1),
-    (2, 3, 5, 70, (0, 16, 0, 16), 1, 7),       # N != M, key tiles with a tail
+    (2, 3, 5, 150, (0, 16, 0, 16), 1, 6),      # N != M, two key tiles (128 + a tail)
     (1, 2, 33, 9, (8, 0, 16, 8), 3, 3),        # query tile tail
     (2, 1, 4, 6, (32, 0, 0, 0), 2, 3),         # trivial only (plain attention)
 ]
@@ -36,7 +36,7 @@ def test_matches_pairwise_eq5_float64(cpu_isa, shape, v_transform):
 @pytest.mark.parametrize("d", [32, 64, 96, 128])
 def test_matches_reference_head_dims(cpu_isa, dtype, d):
     dims = (0, d // 2, 8, d // 2 - 8)
-    args, dims, mask = make_inputs(2, 2, 40, 72, dims, 4, 2, dtype=dtype, mask=True, seed=d)
+    args, dims, mask = make_inputs(2, 2, 40, 140, dims, 4, 2, dtype=dtype, mask=True, seed=d)
     compare_with_reference(lambda *a: ops.gta_attention(*a, dims, mask)[None],
                            lambda *a: reference.gta_attention_ref(*a, dims, mask)[0][None], args,
                            frozen=(5, 6, 7, 8, 9))  # SO(3)/SO(2) geometry is constant (detached)
@@ -65,7 +65,7 @@ def test_fully_masked_rows_give_zero_output_and_finite_grads():
 
 @pytest.mark.parametrize("v_transform", [True, False])
 def test_gradients_match_reference_including_se3_blocks(cpu_isa, v_transform):
-    args, dims, mask = make_inputs(2, 2, 9, 70, (4, 8, 8, 12), 3, 2, mask=True)
+    args, dims, mask = make_inputs(2, 2, 9, 140, (4, 8, 8, 12), 3, 2, mask=True)
     compare_with_reference(lambda *a: ops.gta_attention(*a, dims, mask, None, v_transform)[None],
                            lambda *a: reference.gta_attention_ref(*a, dims, mask, None, v_transform)[0][None],
                            args, frozen=(5, 6, 7, 8, 9))
@@ -183,7 +183,7 @@ def test_device_matches_reference(device, dtype):
 
 
 def test_results_do_not_depend_on_thread_count():
-    args, dims, mask = make_inputs(2, 3, 70, 90, (0, 16, 8, 8), 2, 3, dtype=torch.float32, mask=True)
+    args, dims, mask = make_inputs(2, 3, 70, 150, (0, 16, 8, 8), 2, 3, dtype=torch.float32, mask=True)
     leaves = [a.clone().requires_grad_() for a in args[:5]]
     before = torch.get_num_threads()
     results = []
