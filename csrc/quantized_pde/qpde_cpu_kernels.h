@@ -1,6 +1,6 @@
 // CPU kernels of the quantized-PDE ops: fused fake quantization (forward and one-pass backward)
 // and the int8 convolution with its epilogue. Compiled once per instruction set
-// (qpde_cpu_{base,avx2}.cpp define PHASOR_CPU_ISA); qpde_cpu.cpp picks one at run time.
+// (qpde_cpu_{base,avx2,avx512}.cpp define PHASOR_CPU_ISA); qpde_cpu.cpp picks one at run time.
 //
 // Fake quantization is elementwise: threads take contiguous element ranges, inner loops are
 // branch-free `omp simd` loops (torch's own formula: rint(x * (1/s)) + z, clamp, - z, * s,
@@ -127,6 +127,35 @@ __attribute__((target("avx2,avxvnni"))) void gemm_4x16_vnni(const int8_t* w, int
 
 bool cpu_has_vnni() {
   static const bool has = __builtin_cpu_supports("avxvnni");
+  return has;
+}
+#endif
+
+#if defined(PHASOR_QPDE_VNNI512)
+// AVX512-VNNI (EVEX vpdpbusd; CPUs such as AMD Zen 4 and Intel Ice Lake server have it but not the
+// VEX-encoded AVX-VNNI above): 4 output channels x the whole 64-pixel tile, 16 accumulators.
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void gemm_4x64_vnni512(
+    const int8_t* w, int64_t ldw, const uint8_t* colT, int64_t kpix, int64_t K, int32_t* acc, int64_t ldacc) {
+  __m512i a[4][4];
+  for (auto& r : a)
+    for (auto& v : r) v = _mm512_setzero_si512();
+  for (int64_t kg = 0; kg < K / 4; ++kg) {
+    const uint8_t* c = colT + kg * kpix * 4;
+    __m512i col[4];
+    for (int v = 0; v < 4; ++v) col[v] = _mm512_loadu_si512(c + 64 * v);
+    for (int r = 0; r < 4; ++r) {
+      int32_t wq;
+      std::memcpy(&wq, w + r * ldw + kg * 4, 4);
+      const __m512i wb = _mm512_set1_epi32(wq);
+      for (int v = 0; v < 4; ++v) a[r][v] = _mm512_dpbusd_epi32(a[r][v], col[v], wb);
+    }
+  }
+  for (int r = 0; r < 4; ++r)
+    for (int v = 0; v < 4; ++v) _mm512_storeu_si512(acc + r * ldacc + 16 * v, a[r][v]);
+}
+
+bool cpu_has_vnni512() {
+  static const bool has = __builtin_cpu_supports("avx512vnni");
   return has;
 }
 #endif
@@ -317,6 +346,9 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp,
 #if defined(PHASOR_QPDE_VNNI)
   const bool vnni = cpu_has_vnni();
 #endif
+#if defined(PHASOR_QPDE_VNNI512)
+  const bool vnni512 = cpu_has_vnni512();
+#endif
   at::parallel_for(0, g.N * blocks_per_image, 1, [&](int64_t tb, int64_t te) {
     std::vector<uint8_t> colT(K * kPix, zpu);  // [K/4][kPix][4]
     std::vector<int32_t> acc(kPix * g.Co);
@@ -353,8 +385,16 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x_in, double x_scale, int64_t x_zp,
       }
       // int32 GEMM: acc[co][j] (a partial block computes all kPix lanes; the extra are never read)
       int64_t co_done = 0;
+#if defined(PHASOR_QPDE_VNNI512)
+      static_assert(kPix == 64, "gemm_4x64_vnni512 covers a 64-pixel tile");
+      if (vnni512) {
+        co_done = g.Co / 4 * 4;
+        for (int64_t co = 0; co < co_done; co += 4)
+          gemm_4x64_vnni512(&wp[co * K], K, colT.data(), kPix, K, &acc[co * kPix], kPix);
+      }
+#endif
 #if defined(PHASOR_QPDE_VNNI)
-      if (vnni) {
+      if (vnni && co_done == 0) {
         co_done = g.Co / 4 * 4;
         for (int64_t co = 0; co < co_done; co += 4)
           for (int64_t j = 0; j < np; j += 16)
