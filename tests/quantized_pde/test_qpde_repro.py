@@ -30,14 +30,26 @@ def test_repro_writes_metrics_and_resumes(tmp_path):
     assert again["burgers1d"]["resnet"]["runs"] == metrics["burgers1d"]["resnet"]["runs"]
 
 
-def test_results_cached_without_mse_are_evaluated_again(tmp_path):
+def test_results_cached_without_new_metrics_are_evaluated_again(tmp_path):
     repro.main(_args(tmp_path))
     path = tmp_path / "ck" / "burgers1d_resnet_W8A8.result.json"
     old = json.loads(path.read_text())
-    path.write_text(json.dumps({k: v for k, v in old.items() if "mse" not in k or "nmse" in k}))
+    path.write_text(json.dumps({k: v for k, v in old.items() if k not in ("one_step_mse", "one_step_nmse_by_rms")}))
     again = repro.main(_args(tmp_path))  # the QAT checkpoint is finished: only the evaluation reruns
     row = next(r for r in again["burgers1d"]["resnet"]["runs"] if r["config"] == "W8A8")
-    assert row["one_step_mse"] == old["one_step_mse"] and row["rollout_mse"] == old["rollout_mse"]
+    assert row["one_step_mse"] == old["one_step_mse"] and row["one_step_nmse_by_rms"] == old["one_step_nmse_by_rms"]
+
+
+def test_nmse_by_rms_buckets():
+    import torch
+    true = torch.stack([torch.full((1, 4), v) for v in (0.05, 0.5, 0.6, 2.0)])
+    pred = true * 1.1  # NMSE 0.01 for every sample
+    got = repro.nmse_by_rms(pred, true)
+    assert [got[k]["samples"] for k in repro.RMS_BUCKETS] == [1, 2, 1]
+    assert all(abs(v["nmse"] - 0.01) < 1e-6 for v in got.values())
+    pred[0] = 0.0  # only the small sample's bucket changes
+    got = repro.nmse_by_rms(pred, true)
+    assert abs(got["rms<0.1"]["nmse"] - 1.0) < 1e-6 and abs(got["rms>=1"]["nmse"] - 0.01) < 1e-6
 
 
 def test_mse_and_nmse_weight_samples_differently():
@@ -50,12 +62,16 @@ def test_mse_and_nmse_weight_samples_differently():
 
 def test_summary_ratios_against_both_float_references():
     def row(config, bits, scale):
+        buckets = {"rms<0.1": dict(samples=0, nmse=None), "rms>=1": dict(samples=3, nmse=0.03 * scale)}
         return dict(config=config, weight_bits=bits, bops=bits * bits, rollout_nmse=0.1 * scale,
-                    one_step_nmse=0.01 * scale, one_step_mse=0.02 * scale, rollout_mse=0.2 * scale)
+                    one_step_nmse=0.01 * scale, one_step_mse=0.02 * scale, rollout_mse=0.2 * scale,
+                    one_step_nmse_by_rms=buckets)
     rows = [row("float32", 32, 1.2), row("float32_ft", 32, 1.0), row("W8A8", 8, 1.05)]
     s = repro.summarise(rows)
     assert abs(s["w8a8_over"]["float32"]["rollout_nmse"] - 1.05 / 1.2) < 1e-12
     assert abs(s["w8a8_over"]["float32_ft"]["one_step_mse"] - 1.05) < 1e-12
+    assert s["w8a8_over"]["float32_ft"]["one_step_nmse_by_rms"]["rms<0.1"] is None
+    assert abs(s["w8a8_over"]["float32_ft"]["one_step_nmse_by_rms"]["rms>=1"] - 1.05) < 1e-12
     assert s["w8a8_within_10pct_equal_training"] == {e: True for e in repro.ERRORS}
     rows[2] = row("W8A8", 8, 1.15)  # within 10% of the float32 parent, not of float32_ft
     s = repro.summarise(rows)
