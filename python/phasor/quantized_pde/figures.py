@@ -8,7 +8,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .repro import pareto_front  # noqa: E402
 
-STYLE = {"float32": ("k", "o"), "W8A8": ("tab:blue", "s"), "W6A6": ("tab:green", "s"), "W4A4": ("tab:red", "s")}
+STYLE = {"float32": ("k", "o"), "float32_ft": ("0.45", "o"), "W8A8": ("tab:blue", "s"), "W6A6": ("tab:green", "s"),
+         "W4A4": ("tab:red", "s")}
 
 
 def pareto_figure(metrics: dict, path):
@@ -36,7 +37,8 @@ def pareto_figure(metrics: dict, path):
                 ax.set_xlabel("BOPs per sample (MAC x b_w x b_a)", fontsize=7)
             if j == 0:
                 ax.set_ylabel("rollout NMSE", fontsize=7)
-    fig.suptitle("QAT (W8A8/W6A6/W4A4) vs float32 at lower resolution (grey: Pareto front)", fontsize=9)
+    fig.suptitle("QAT (W8A8/W6A6/W4A4) vs float32 (ft: same extra steps as QAT) and float32 at lower "
+                 "resolution (grey line: Pareto front)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
