@@ -106,3 +106,22 @@ def test_repro_quick_runs_and_resumes(tmp_path):
     assert (tmp_path / "out" / "gta.png").exists() and (tmp_path / "ckpt" / "gta.pt").exists()
     second = repro.main(args)  # finished runs are skipped, same results
     assert second["metrics"]["summary"]["test_psnr"] == first["metrics"]["summary"]["test_psnr"]
+
+
+def test_floor_is_uniform_unless_a_chequer_is_asked_for():
+    E = data.look_at_extrinsics(torch.tensor([[[0.0, -4.0, 4.0]]]), torch.tensor([[[0.0, 0.0, 0.0]]]))
+    none = (torch.zeros(1, 1, 3), torch.full((1, 1, 3), 0.01), torch.zeros(1, 1, dtype=torch.long),
+            torch.ones(1, 1, 3), torch.zeros(1, 1, dtype=torch.bool))  # no live object: floor and sky only
+    plain, chequer = data.render(E, none, 16), data.render(E, none, 16, checker=0.2)
+    floor = plain[0, 0, :, 8:]  # lower half: the camera looks down at the floor
+    assert floor.unique().numel() == 1 and abs(floor[0, 0, 0].item() - 0.5) < 1e-6
+    values = chequer[0, 0, 0, 8:].unique()
+    torch.testing.assert_close(values, torch.tensor([0.4, 0.6]))
+
+
+def test_mean_image_baseline_psnr():
+    from phasor.gta import repro
+    imgs = torch.zeros(4, 2, 3, 2, 2)
+    imgs[:2, 1], imgs[2:, 1] = 0.25, 0.75  # target view: two constant images, mean 0.5 -> MSE 1/16
+    ds = {"images": imgs, "input_views": 1}
+    assert abs(repro.mean_image_psnr(ds, ds) - 10 * torch.log10(torch.tensor(16.0)).item()) < 1e-4

@@ -1,6 +1,7 @@
 """Small multi-view 3-D scenes rendered by a torch ray caster (the NVS task of `phasor repro gta`).
 
-Each scene: a grey ground plane (z = 0) and 3-4 coloured spheres or axis-aligned boxes inside
+Each scene: a uniform grey ground plane (z = 0, as CLEVR's floor; `checker` > 0 adds a 1x1 chequer
+of that contrast) and 3-4 coloured spheres or axis-aligned boxes inside
 [-1, 1]^2 x [0, 1.2], Lambert-shaded under one fixed light. Cameras sit at random azimuth,
 elevation and distance, looking at the origin (OpenCV frame: x right, y down, z forward), pinhole
 with a 45 degree field of view. Extrinsics are world->camera, canonicalised to the first input view
@@ -94,7 +95,7 @@ def _hit_box(o, d, c, half):
     return torch.where((tn < tf) & (tn > 1e-4), tn, torch.full_like(tn, math.inf)), n
 
 
-def render(E: torch.Tensor, objects, size: int = 32) -> torch.Tensor:
+def render(E: torch.Tensor, objects, size: int = 32, checker: float = 0.0) -> torch.Tensor:
     """Images [n, V, 3, size, size] of the scenes `objects` from cameras E [n, V, 4, 4]."""
     centre, extent, kind, colour, alive = objects
     o, d = camera_rays(E, size)  # [n,V,3], [n,V,P,3]
@@ -116,8 +117,8 @@ def render(E: torch.Tensor, objects, size: int = 32) -> torch.Tensor:
     light = torch.nn.functional.normalize(torch.tensor(_LIGHT), dim=0)
     shade_obj = 0.3 + 0.7 * (n_obj * light).sum(-1).clamp_min(0)
     hit_g = o[:, :, :, 0] + t_gnd[..., None] * d
-    checker = ((hit_g[..., 0].floor() + hit_g[..., 1].floor()) % 2)[..., None]
-    col_gnd = 0.45 + 0.1 * checker
+    square = ((hit_g[..., 0].floor() + hit_g[..., 1].floor()) % 2)[..., None]
+    col_gnd = 0.5 + checker * (square - 0.5)
     img = torch.where((t_obj < t_gnd)[..., None], col_obj * shade_obj[..., None],
                       torch.where(torch.isfinite(t_gnd)[..., None], col_gnd.expand(*t_gnd.shape, 3),
                                   torch.tensor(_BG).expand(*t_gnd.shape, 3)))
@@ -126,13 +127,13 @@ def render(E: torch.Tensor, objects, size: int = 32) -> torch.Tensor:
 
 
 def make_dataset(n: int, seed: int, input_views: int = 2, target_views: int = 1, size: int = 32,
-                 chunk: int = 256) -> dict:
+                 chunk: int = 256, checker: float = 0.0) -> dict:
     """images [n, Vi+Vt, 3, size, size], extrinsics [n, Vi+Vt, 4, 4] canonicalised to input view 0."""
     gen = torch.Generator().manual_seed(seed)
     imgs, Es = [], []
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         E = random_cameras(m, input_views + target_views, gen)
-        imgs.append(render(E, random_objects(m, gen), size))
+        imgs.append(render(E, random_objects(m, gen), size, checker))
         Es.append(canonicalize(E, E[:, 0]))
     return {"images": torch.cat(imgs), "extrinsics": torch.cat(Es), "input_views": input_views, "size": size}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 
-def save_figure(path, test, models, results, n_scenes=4):
+def save_figure(path, test, models, results, n_scenes=4, baseline=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -32,6 +32,8 @@ def save_figure(path, test, models, results, n_scenes=4):
     for k in kinds:
         h = results[k]["history"]
         ax.plot(h["eval_step"], h["eval_psnr"], marker="o", label=f"{k}: {results[k]['test_psnr']:.2f} dB")
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", ls="--", lw=1, label=f"mean training image: {baseline:.2f} dB")
     ax.set_xlabel("step"), ax.set_ylabel("test PSNR (dB)")
     ax.legend(fontsize=7)
     fig.tight_layout()
