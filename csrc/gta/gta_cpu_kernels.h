@@ -6,11 +6,14 @@
 // transformed in the prologue, key tiles are streamed with an online softmax (the Nq x Nk scores never
 // exist), and P is applied to the normalised output in the epilogue.
 // Backward (FlashAttention-2 recomputation from lse): with at least one (batch, head) per thread, one
-// pass over key tiles accumulates dK~, dV~, dQ~ (and o~ for the SE(3) gradient); otherwise one pass over
-// key tiles gives dK~, dV~ and one over query tiles dQ~ (and o~); then per (batch, view) the 4x4 gradients are
-// reduced in a fixed order and the transposed transforms map dQ~, dK~, dV~ back. No atomics, so the
-// results do not depend on the thread count.
+// pass over key tiles accumulates dK~, dV~, dQ~; otherwise one pass over key tiles gives dK~, dV~ and one
+// over query tiles dQ~; then per (batch, view) the 4x4 gradients are reduced in a fixed order and the
+// transposed transforms map dQ~, dK~, dV~ back. The SE(3) gradient's o~ (the output before P) is P^-1 O;
+// only where a query block is singular is it recomputed as P V~ in the tile passes. No atomics, so the
+// results do not depend on the thread count. Scratch buffers come from the thread's CpuScratch block.
 #include "gta/gta_cpu_entry.h"
+
+#include "common/cpu_scratch.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -531,17 +534,80 @@ void backward_q(const Dims& D, const T* qt, const T* dot_t, const T* Dv, const T
   });
 }
 
-// sum over heads, tokens of the view and 4-chunks of a[r] * b[c] (the 4x4 outer products of one site)
+using Double4 = double __attribute__((vector_size(32)));
+
+template <typename T>
+inline Double4 load4(const T* p) {
+  return Double4{double(p[0]), double(p[1]), double(p[2]), double(p[3])};
+}
+
+// sum over heads, tokens of the view and 4-chunks of a[r] * b[c] (the 4x4 outer products of one site),
+// in double; acc[r] is row r. With b_map, b's chunks are first mapped by it (4 columns, b_map[c] is
+// column c): the o~ = P^-1 O of the output's SE(3) channels, recovered from O instead of recomputed.
 template <typename T>
 inline void add_outer4(const Dims& D, const T* a, const T* b, int64_t bb, int64_t N, int64_t t0, int64_t t1,
-                       double* acc) {
+                       Double4* acc, const Double4* b_map = nullptr) {
   for (int64_t h = 0; h < D.H; ++h)
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t off = ((bb * D.H + h) * N + t) * D.d + D.triv;
-      for (int64_t ch = 0; ch < D.se3; ch += 4)
-        for (int r = 0; r < 4; ++r)
-          for (int c = 0; c < 4; ++c) acc[r * 4 + c] += double(a[off + ch + r]) * double(b[off + ch + c]);
+      for (int64_t ch = 0; ch < D.se3; ch += 4) {
+        const T* ar = a + off + ch;
+        const T* br = b + off + ch;
+        Double4 bc = load4(br);
+        if (b_map)
+          bc = b_map[0] * double(br[0]) + b_map[1] * double(br[1]) + b_map[2] * double(br[2]) +
+               b_map[3] * double(br[3]);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) acc[r] += double(ar[r]) * bc;
+      }
     }
+}
+
+template <typename T>
+inline void store_outer4(const Double4* acc, T* out) {
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < 4; ++c) out[r * 4 + c] = T(acc[r][c]);
+}
+
+// Columns of the inverse of the 4x4 row-major m (Gauss-Jordan with partial pivoting, in double); false
+// when m is singular to working precision.
+template <typename T>
+bool inverse4_columns(const T* m, Double4* cols) {
+  double a[4][8];
+  double norm = 0;
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < 4; ++c) {
+      a[r][c] = double(m[r * 4 + c]);
+      a[r][4 + c] = r == c ? 1.0 : 0.0;
+      norm = std::max(norm, std::abs(a[r][c]));
+    }
+  for (int c = 0; c < 4; ++c) {
+    int piv = c;
+    for (int r = c + 1; r < 4; ++r)
+      if (std::abs(a[r][c]) > std::abs(a[piv][c])) piv = r;
+    if (!(std::abs(a[piv][c]) > 1e-10 * norm)) return false;
+    if (piv != c)
+      for (int k = 0; k < 8; ++k) std::swap(a[c][k], a[piv][k]);
+    const double inv = 1.0 / a[c][c];
+    for (int k = 0; k < 8; ++k) a[c][k] *= inv;
+    for (int r = 0; r < 4; ++r)
+      if (r != c) {
+        const double f = a[r][c];
+        for (int k = 0; k < 8; ++k) a[r][k] -= f * a[c][k];
+      }
+  }
+  for (int c = 0; c < 4; ++c) cols[c] = Double4{a[0][4 + c], a[1][4 + c], a[2][4 + c], a[3][4 + c]};
+  return true;
+}
+
+// Columns of P^-1 for every query view, if every P is invertible (then the backward recovers o~ from O
+// and skips recomputing P V~); empty otherwise.
+template <typename T>
+std::vector<Double4> query_se3_inverses(const Dims& D, const T* q_se3) {
+  std::vector<Double4> cols(D.B * D.Vq * 4);
+  for (int64_t bv = 0; bv < D.B * D.Vq; ++bv)
+    if (!inverse4_columns(q_se3 + bv * 16, cols.data() + bv * 4)) return {};
+  return cols;
 }
 
 }  // namespace
@@ -552,17 +618,17 @@ std::tuple<at::Tensor, at::Tensor> gta_fwd_cpu(const Dims& D, const at::Tensor& 
                                                bool v_transform) {
   auto out = at::empty(q.sizes(), q.options());
   auto lse = at::empty({D.B, D.H, D.Nq}, q.options());
-  auto kt = at::empty(k.sizes(), k.options()), vt = at::empty(v.sizes(), v.options());
-  auto ktT = at::empty({D.B * D.H * ((D.Nk + kBK - 1) / kBK) * D.d * kBK}, k.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gta_attention_fwd", [&] {
-    GeoData<scalar_t> gd(D, geo);
-    const Geo<scalar_t>& g = gd.g;
+    using T = scalar_t;
+    GeoData<T> gd(D, geo);
+    const Geo<T>& g = gd.g;
     const bool* mask = key_mask ? key_mask->data_ptr<bool>() : nullptr;
-    transform_kv(D, g, k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), v_transform, kt.data_ptr<scalar_t>(),
-                 vt.data_ptr<scalar_t>());
-    transpose_key_tiles(D, kt.data_ptr<scalar_t>(), ktT.data_ptr<scalar_t>());
-    forward(D, g, q.data_ptr<scalar_t>(), ktT.data_ptr<scalar_t>(), vt.data_ptr<scalar_t>(), mask,
-            scalar_t(scale), v_transform, out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
+    const size_t kv_bytes = size_t(k.numel()) * sizeof(T);
+    CpuScratch scratch({kv_bytes, kv_bytes, size_t(D.B * D.H * ((D.Nk + kBK - 1) / kBK) * D.d * kBK) * sizeof(T)});
+    T *kt = scratch.get<T>(0), *vt = scratch.get<T>(1), *ktT = scratch.get<T>(2);
+    transform_kv(D, g, k.data_ptr<T>(), v.data_ptr<T>(), v_transform, kt, vt);
+    transpose_key_tiles(D, kt, ktT);
+    forward(D, g, q.data_ptr<T>(), ktT, vt, mask, T(scale), v_transform, out.data_ptr<T>(), lse.data_ptr<T>());
   });
   return {out, lse};
 }
@@ -575,13 +641,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gta_bwd_c
   auto dv = at::empty(v.sizes(), v.options());
   auto dq_se3 = at::zeros(geo.q_se3.sizes(), geo.q_se3.options());
   auto dk_se3 = at::zeros(geo.k_se3.sizes(), geo.k_se3.options());
-  auto qt = at::empty(q.sizes(), q.options()), dot_t = at::empty(q.sizes(), q.options());
-  auto Dv = at::empty({D.B, D.H, D.Nq}, q.options());
-  auto kt = at::empty(k.sizes(), k.options()), vt = at::empty(v.sizes(), v.options());
-  const bool need_ot = v_transform && D.se3 > 0;
-  auto ot = need_ot ? at::empty(q.sizes(), q.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gta_attention_bwd", [&] {
     using T = scalar_t;
+    const size_t q_bytes = size_t(q.numel()) * sizeof(T), kv_bytes = size_t(k.numel()) * sizeof(T);
+    CpuScratch scratch({q_bytes, q_bytes, size_t(D.B * D.H * D.Nq) * sizeof(T), kv_bytes, kv_bytes});
+    T *qtp = scratch.get<T>(0), *dotp = scratch.get<T>(1), *Dvp = scratch.get<T>(2);
+    T *ktp = scratch.get<T>(3), *vtp = scratch.get<T>(4);
+    // The SE(3) gradient needs o~ (the output before P). It is P^-1 O where P is invertible, which saves a
+    // sixth tile product; otherwise it is recomputed as P V~ with the other sums.
+    const std::vector<Double4> q_inv =
+        v_transform && D.se3 > 0 ? query_se3_inverses(D, geo.q_se3.data_ptr<T>()) : std::vector<Double4>();
+    const bool need_ot = v_transform && D.se3 > 0 && q_inv.empty();
+    auto ot = need_ot ? at::empty(q.sizes(), q.options()) : at::Tensor();
     GeoData<T> gd(D, geo);
     const Geo<T>& g = gd.g;
     const bool* mask = key_mask ? key_mask->data_ptr<bool>() : nullptr;
@@ -589,7 +660,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gta_bwd_c
     const T* qp = q.data_ptr<T>();
     const T* gop = grad_out.data_ptr<T>();
     const T* op = out.data_ptr<T>();
-    T *qtp = qt.data_ptr<T>(), *dotp = dot_t.data_ptr<T>(), *Dvp = Dv.data_ptr<T>();
     // query-side prologue: q~ (scaled), do~ = P^T dO, and D_i = dO_i . O_i (= do~_i . o~_i)
     at::parallel_for(0, D.B * D.H * D.Nq, 256, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
@@ -600,15 +670,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gta_bwd_c
         Dvp[row] = dot(gop + row * d, op + row * d, d);
       }
     });
-    transform_kv(D, g, k.data_ptr<T>(), v.data_ptr<T>(), v_transform, kt.data_ptr<T>(), vt.data_ptr<T>());
+    transform_kv(D, g, k.data_ptr<T>(), v.data_ptr<T>(), v_transform, ktp, vtp);
     T* otp = need_ot ? ot.data_ptr<T>() : nullptr;
     if (D.B * D.H >= at::get_num_threads()) {  // one pass
-      backward_kv(D, qtp, dotp, Dvp, lse.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), mask, T(scale),
+      backward_kv(D, qtp, dotp, Dvp, lse.data_ptr<T>(), ktp, vtp, mask, T(scale),
                   dk.data_ptr<T>(), dv.data_ptr<T>(), dq.data_ptr<T>(), otp);
     } else {  // few (batch, head) pairs: parallel over key tiles, then over query tiles
-      backward_kv(D, qtp, dotp, Dvp, lse.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), mask, T(scale),
+      backward_kv(D, qtp, dotp, Dvp, lse.data_ptr<T>(), ktp, vtp, mask, T(scale),
                   dk.data_ptr<T>(), dv.data_ptr<T>(), static_cast<T*>(nullptr), static_cast<T*>(nullptr));
-      backward_q(D, qtp, dotp, Dvp, lse.data_ptr<T>(), kt.data_ptr<T>(), vt.data_ptr<T>(), mask, T(scale),
+      backward_q(D, qtp, dotp, Dvp, lse.data_ptr<T>(), ktp, vtp, mask, T(scale),
                  dq.data_ptr<T>(), otp);
     }
     // per (batch, view): 4x4 gradients in a fixed order, then the transposed transforms in place
@@ -617,10 +687,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gta_bwd_c
     at::parallel_for(0, D.B * D.Vq, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bv = begin; bv < end; ++bv) {
         const int64_t b = bv / D.Vq, t0 = (bv % D.Vq) * D.tq(), t1 = t0 + D.tq();
-        double acc[16] = {};
+        Double4 acc[4] = {};
         add_outer4(D, qp, dqp, b, D.Nq, t0, t1, acc);  // q~ = P^T q: dP += q dq~^T
         if (need_ot) add_outer4(D, gop, ot.data_ptr<T>(), b, D.Nq, t0, t1, acc);  // O = P o~: dP += dO o~^T
-        for (int c = 0; c < 16; ++c) dq_se3.data_ptr<T>()[bv * 16 + c] = T(acc[c]);
+        else if (!q_inv.empty()) add_outer4(D, gop, op, b, D.Nq, t0, t1, acc, q_inv.data() + bv * 4);
+        store_outer4(acc, dq_se3.data_ptr<T>() + bv * 16);
         for (int64_t h = 0; h < D.H; ++h)
           for (int64_t t = t0; t < t1; ++t) {
             T* x = dqp + ((b * D.H + h) * D.Nq + t) * d;
@@ -631,10 +702,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gta_bwd_c
     at::parallel_for(0, D.B * D.Vk, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bv = begin; bv < end; ++bv) {
         const int64_t b = bv / D.Vk, t0 = (bv % D.Vk) * D.tk(), t1 = t0 + D.tk();
-        double acc[16] = {};
+        Double4 acc[4] = {};
         add_outer4(D, dkp, kp, b, D.Nk, t0, t1, acc);  // k~ = P^-1 k: dP^-1 += dk~ k^T
         if (v_transform) add_outer4(D, dvp, vp, b, D.Nk, t0, t1, acc);
-        for (int c = 0; c < 16; ++c) dk_se3.data_ptr<T>()[bv * 16 + c] = T(acc[c]);
+        store_outer4(acc, dk_se3.data_ptr<T>() + bv * 16);
         for (int64_t h = 0; h < D.H; ++h)
           for (int64_t t = t0; t < t1; ++t) {
             const int64_t off = ((b * D.H + h) * D.Nk + t) * d;

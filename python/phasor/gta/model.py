@@ -30,15 +30,18 @@ def fourier(x: torch.Tensor, octaves: int) -> torch.Tensor:
 
 class NVSModel(nn.Module):
     def __init__(self, kind="gta", dim=128, heads=4, head_dim=32, enc_layers=3, dec_layers=2, size=32, stride=4,
-                 fused=True):
+                 fused=True, split=None):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"NVSModel: kind must be one of {KINDS}, got {kind!r}")
         self.kind, self.size, self.stride = kind, size, stride
         if kind == "ape":
             dims, vt = (head_dim, 0, 0, 0), True
-        else:  # spec's scaled-down split: se3 half, so2 half (F = head_dim / 8)
-            dims, vt = (0, head_dim // 2, 0, head_dim // 2), kind == "gta"
+        else:  # default: the spec's scaled-down split, se3 half, so2 half (F = head_dim / 8), no trivial channels
+            dims = tuple(split) if split else (0, head_dim // 2, 0, head_dim // 2)
+            vt = kind == "gta"
+            if sum(dims) != head_dim:
+                raise ValueError(f"NVSModel: split {dims} (triv, se3, so3, so2) must sum to head_dim={head_dim}")
         self.stem = nn.Sequential(nn.Conv2d(3, 96, 3, 2, 1), nn.ReLU(), nn.Conv2d(96, 96, 3, 2, 1), nn.ReLU(),
                                   nn.Conv2d(96, dim, 1))
         kw = dict(fused=fused)

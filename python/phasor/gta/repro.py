@@ -36,6 +36,7 @@ class Config:
     test_scenes: int = 128
     size: int = 32
     checker: float = 0.0  # floor chequer contrast; 0 = a uniform floor, as CLEVR's
+    split: str = "0,16,0,16"  # per-head channels (triv, se3, so3, so2) of the gta and rope models
     steps: int = 5400
     batch: int = 8
     rays: int = 256  # target pixels per scene per step
@@ -50,7 +51,17 @@ class Config:
     ckpt_dir: str = "runs/gta"
 
 
-TRAINING_FIELDS = ("seed", "train_scenes", "size", "checker", "steps", "batch", "rays", "lr", "warmup", "weight_decay")
+TRAINING_FIELDS = ("seed", "train_scenes", "size", "checker", "split", "steps", "batch", "rays", "lr", "warmup", "weight_decay")
+
+
+def parse_split(text: str) -> tuple[int, int, int, int]:
+    try:
+        dims = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 4:
+        raise ValueError(f"--split must be four comma-separated ints (triv,se3,so3,so2), got {text!r}")
+    return dims
 
 
 def psnr(mse: torch.Tensor) -> torch.Tensor:
@@ -103,7 +114,7 @@ def train_run(kind, cfg, train, test, log=print):
     ckpt = Path(cfg.ckpt_dir) / f"{kind}.pt"
     tcfg = {f: getattr(cfg, f) for f in TRAINING_FIELDS} | {"kind": kind}
     torch.manual_seed(cfg.seed)  # same init stream and same batches for every kind
-    model = NVSModel(kind, size=cfg.size)
+    model = NVSModel(kind, size=cfg.size, split=parse_split(cfg.split))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda st: min(1.0, (st + 1) / cfg.warmup) * (0.5 * (1 + math.cos(math.pi * min(st / cfg.steps, 1.0)))))
