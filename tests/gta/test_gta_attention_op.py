@@ -208,3 +208,37 @@ def test_results_do_not_depend_on_thread_count():
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+
+_SCRATCH_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from gta_cases import make_inputs
+from phasor.gta import ops
+args, dims, mask = make_inputs(2, 3, 40, 72, (0, 16, 8, 8), 2, 3, dtype=torch.float32, mask=True)
+for _ in range(2):  # the second call runs on the first one's scratch block when caching is on
+    leaves = [a.clone().requires_grad_() for a in args[:5]]
+    out = ops.gta_attention(*leaves, *args[5:], dims, mask)
+    res = [out, *torch.autograd.grad(out.square().sum(), leaves)]
+torch.save(res, {path!r})
+"""
+
+
+@pytest.mark.parametrize("scratch_mb", ["0", "64"])
+def test_scratch_cache_setting_does_not_change_results(tmp_path, scratch_mb):
+    """PHASOR_CPU_SCRATCH_MB=0 gives every call fresh scratch, 64 reuses the thread's block: both must
+    give the bits of this process's run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    path = tmp_path / "res.pt"
+    script = _SCRATCH_SCRIPT.format(tests=str(Path(__file__).parent), path=str(path))
+    subprocess.run([sys.executable, "-c", script], env=dict(os.environ, PHASOR_CPU_SCRATCH_MB=scratch_mb), check=True)
+    got = torch.load(path)
+    args, dims, mask = make_inputs(2, 3, 40, 72, (0, 16, 8, 8), 2, 3, dtype=torch.float32, mask=True)
+    leaves = [a.clone().requires_grad_() for a in args[:5]]
+    out = ops.gta_attention(*leaves, *args[5:], dims, mask)
+    for a, b in zip(got, [out, *torch.autograd.grad(out.square().sum(), leaves)]):
+        assert torch.equal(a, b)
