@@ -1,0 +1,123 @@
+// GTA CPU kernels: the per-token transforms (SE(3) / SO(3) blocks, SO(2) tables) and K~, V~.
+// Included by gta_cpu_kernels.h once per instruction set (PHASOR_CPU_ISA names the namespace).
+#pragma once
+#ifndef PHASOR_CPU_ISA
+#error "include gta/gta_cpu_kernels.h, which sets up the instruction-set namespace"
+#endif
+
+namespace phasor::gta::PHASOR_CPU_ISA {
+namespace {
+
+// Geometry of one call: the SE(3) and SO(3) blocks per view and, per token, the cosines and sines of
+// its SO(2) angles (q_cs [B, Nq, so2/2, 2], k_cs [B, Nk, so2/2, 2]: computed once per call by
+// so2_tables, where every head and each of q, k, v and the output would otherwise recompute them).
+template <typename T>
+struct Geo {
+  const T *q_se3, *k_se3, *q_so3, *k_so3, *q_cs, *k_cs;
+};
+
+// cos and sin of pos[p & 1] * freqs[p >> 1] for every token and 2x2 block p (the angle with sign +1;
+// sign -1 only flips the sine, exactly).
+template <typename T>
+std::vector<T> so2_tables(const Dims& D, const T* pos, const T* freqs, int64_t tokens) {
+  const int64_t pairs = D.so2 / 2;
+  std::vector<T> cs(tokens * pairs * 2);
+  at::parallel_for(0, tokens, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t)
+      for (int64_t p = 0; p < pairs; ++p) {
+        const T phi = pos[t * 2 + (p & 1)] * freqs[p >> 1];
+        cs[(t * pairs + p) * 2] = std::cos(phi);
+        cs[(t * pairs + p) * 2 + 1] = std::sin(phi);
+      }
+  });
+  return cs;
+}
+
+// The call's Geo with its SO(2) tables (owned here).
+template <typename T>
+struct GeoData {
+  std::vector<T> q_cs, k_cs;
+  Geo<T> g;  // points into the tables: not copyable
+  GeoData(const GeoData&) = delete;
+  GeoData& operator=(const GeoData&) = delete;
+  GeoData(const Dims& D, const GeoTensors& geo)
+      : q_cs(so2_tables(D, geo.q_pos.data_ptr<T>(), geo.freqs.data_ptr<T>(), D.B * D.Nq)),
+        k_cs(so2_tables(D, geo.k_pos.data_ptr<T>(), geo.freqs.data_ptr<T>(), D.B * D.Nk)),
+        g{geo.q_se3.data_ptr<T>(), geo.k_se3.data_ptr<T>(), geo.q_so3.data_ptr<T>(), geo.k_so3.data_ptr<T>(),
+          q_cs.data(), k_cs.data()} {}
+};
+
+// The operator on one token: y = mul * blockdiag(I, M4 (or M4^T), M8 (or M8^T), R(sign * phi)) x.
+// Safe in place (each block is read before it is written).
+template <typename T>
+struct TokenOp {
+  const T* m4;
+  const T* m8;
+  const T* cs;  // cos, sin of the token's angles phi (so2_tables)
+  bool transpose;
+  T sign;
+};
+
+template <typename T>
+inline void apply_token(const Dims& D, const TokenOp<T>& op, T mul, const T* x, T* y) {
+  for (int64_t c = 0; c < D.triv; ++c) y[c] = mul * x[c];
+  int64_t o = D.triv;
+  for (int64_t ch = 0; ch < D.se3; ch += 4) {
+    T xs[4], ys[4];
+    for (int c = 0; c < 4; ++c) xs[c] = x[o + ch + c];
+    for (int r = 0; r < 4; ++r) {
+      T acc = 0;
+      for (int c = 0; c < 4; ++c) acc += (op.transpose ? op.m4[c * 4 + r] : op.m4[r * 4 + c]) * xs[c];
+      ys[r] = acc;
+    }
+    for (int r = 0; r < 4; ++r) y[o + ch + r] = mul * ys[r];
+  }
+  o += D.se3;
+  for (int64_t ch = 0; ch < D.so3; ch += 8) {
+    T xs[8], ys[8];
+    for (int c = 0; c < 8; ++c) xs[c] = x[o + ch + c];
+    for (int r = 0; r < 8; ++r) {
+      T acc = 0;
+      for (int c = 0; c < 8; ++c) acc += (op.transpose ? op.m8[c * 8 + r] : op.m8[r * 8 + c]) * xs[c];
+      ys[r] = acc;
+    }
+    for (int r = 0; r < 8; ++r) y[o + ch + r] = mul * ys[r];
+  }
+  o += D.so3;
+  for (int64_t p = 0; p < D.so2 / 2; ++p) {
+    const T c = op.cs[2 * p], s = op.sign * op.cs[2 * p + 1];
+    const T x0 = x[o + 2 * p], x1 = x[o + 2 * p + 1];
+    y[o + 2 * p] = mul * (c * x0 - s * x1);
+    y[o + 2 * p + 1] = mul * (s * x0 + c * x1);
+  }
+}
+
+// Token i of batch b on the query side (P: q_se3, q_so3, R(-phi)) or key side (P^-1: k_se3, k_so3, R(phi)).
+template <typename T>
+inline TokenOp<T> q_op(const Dims& D, const Geo<T>& g, int64_t b, int64_t i, bool transpose, T sign) {
+  const int64_t view = b * D.Vq + i / D.tq();
+  return {g.q_se3 + view * 16, g.q_so3 + view * 64, g.q_cs + (b * D.Nq + i) * D.so2, transpose, sign};
+}
+template <typename T>
+inline TokenOp<T> k_op(const Dims& D, const Geo<T>& g, int64_t b, int64_t j, bool transpose, T sign) {
+  const int64_t view = b * D.Vk + j / D.tk();
+  return {g.k_se3 + view * 16, g.k_so3 + view * 64, g.k_cs + (b * D.Nk + j) * D.so2, transpose, sign};
+}
+
+// K~ = P^-1 K and V~ = P^-1 V (or V itself) for every (batch, head, key token).
+template <typename T>
+void transform_kv(const Dims& D, const Geo<T>& g, const T* k, const T* v, bool v_transform, T* kt, T* vt) {
+  const int64_t d = D.d;
+  at::parallel_for(0, D.B * D.H * D.Nk, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / (D.H * D.Nk), j = r % D.Nk;
+      const auto op = k_op(D, g, b, j, false, T(1));
+      apply_token(D, op, T(1), k + r * d, kt + r * d);
+      if (v_transform) apply_token(D, op, T(1), v + r * d, vt + r * d);
+      else for (int64_t c = 0; c < d; ++c) vt[r * d + c] = v[r * d + c];
+    }
+  });
+}
+
+}  // namespace
+}  // namespace phasor::gta::PHASOR_CPU_ISA
