@@ -58,31 +58,28 @@ struct TokenOp {
   T sign;
 };
 
+// y[o..o+n) = mul * M x[o..o+n) (or M^T) for each n-channel chunk of [o, o + width): in place is safe
+template <int n, typename T>
+inline void apply_blocks(const T* m, bool transpose, T mul, int64_t o, int64_t width, const T* x, T* y) {
+  for (int64_t ch = o; ch < o + width; ch += n) {
+    T xs[n], ys[n];
+    for (int c = 0; c < n; ++c) xs[c] = x[ch + c];
+    for (int r = 0; r < n; ++r) {
+      T acc = 0;
+      for (int c = 0; c < n; ++c) acc += (transpose ? m[c * n + r] : m[r * n + c]) * xs[c];
+      ys[r] = acc;
+    }
+    for (int r = 0; r < n; ++r) y[ch + r] = mul * ys[r];
+  }
+}
+
 template <typename T>
 inline void apply_token(const Dims& D, const TokenOp<T>& op, T mul, const T* x, T* y) {
   for (int64_t c = 0; c < D.triv; ++c) y[c] = mul * x[c];
   int64_t o = D.triv;
-  for (int64_t ch = 0; ch < D.se3; ch += 4) {
-    T xs[4], ys[4];
-    for (int c = 0; c < 4; ++c) xs[c] = x[o + ch + c];
-    for (int r = 0; r < 4; ++r) {
-      T acc = 0;
-      for (int c = 0; c < 4; ++c) acc += (op.transpose ? op.m4[c * 4 + r] : op.m4[r * 4 + c]) * xs[c];
-      ys[r] = acc;
-    }
-    for (int r = 0; r < 4; ++r) y[o + ch + r] = mul * ys[r];
-  }
+  apply_blocks<4>(op.m4, op.transpose, mul, o, D.se3, x, y);
   o += D.se3;
-  for (int64_t ch = 0; ch < D.so3; ch += 8) {
-    T xs[8], ys[8];
-    for (int c = 0; c < 8; ++c) xs[c] = x[o + ch + c];
-    for (int r = 0; r < 8; ++r) {
-      T acc = 0;
-      for (int c = 0; c < 8; ++c) acc += (op.transpose ? op.m8[c * 8 + r] : op.m8[r * 8 + c]) * xs[c];
-      ys[r] = acc;
-    }
-    for (int r = 0; r < 8; ++r) y[o + ch + r] = mul * ys[r];
-  }
+  apply_blocks<8>(op.m8, op.transpose, mul, o, D.so3, x, y);
   o += D.so3;
   for (int64_t p = 0; p < D.so2 / 2; ++p) {
     const T c = op.cs[2 * p], s = op.sign * op.cs[2 * p + 1];
