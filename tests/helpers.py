@@ -15,7 +15,8 @@ import phasor
 
 HAS_CUDA = torch.cuda.is_available() and bool(phasor.build_info["with_cuda"])
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build of phasor")
+CUDA_SKIP_REASON = "needs a GPU and a CUDA build of phasor"
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason=CUDA_SKIP_REASON)  # conftest adds the `cuda` mark
 
 # (rtol, atol) for elementwise / short-reduction ops, per compute dtype.
 TOLERANCES = {
