@@ -27,5 +27,6 @@ struct GeoTensors {
 PHASOR_GTA_CPU_ENTRY_POINTS(base)
 PHASOR_GTA_CPU_ENTRY_POINTS(avx2)
 PHASOR_GTA_CPU_ENTRY_POINTS(avx512)
+PHASOR_GTA_CPU_ENTRY_POINTS(avx512_ymm)  // the AVX-512 build with 32-byte vectors, for head dims below 64
 
 }  // namespace phasor::gta

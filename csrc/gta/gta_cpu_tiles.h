@@ -142,49 +142,59 @@ struct Coef {
 };
 
 // acc[o][c] += mul * sum_i coef(o, i) * vecs[i][c] for R output rows (rows past no are computed on the
-// last row and not stored) and the 4-vector channel block at c0: each loaded vecs row feeds R rows.
-template <typename T, int R>
+// last row and not stored) and the NV-vector channel block at c0: each loaded vecs row feeds R rows.
+template <typename T, int R, int NV>
 inline void combine_block(const Coef<T>& coef, int64_t o0, int64_t no, int64_t n, const T* vecs, int64_t d,
                           int64_t c0, T mul, T* acc) {
   constexpr int64_t L = kLanes<T>;
   int64_t o[R];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) o[r] = std::min<int64_t>(o0 + r, no - 1);
-  Vec<T> a[R][4];
+  Vec<T> a[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) a[r][v] = loadu(acc + o[r] * d + c0 + v * L);
+    for (int v = 0; v < NV; ++v) a[r][v] = loadu(acc + o[r] * d + c0 + v * L);
   for (int64_t i = 0; i < n; ++i) {
     const T* vi = vecs + i * d + c0;
-    const Vec<T> v0 = loadu(vi), v1 = loadu(vi + L), v2 = loadu(vi + 2 * L), v3 = loadu(vi + 3 * L);
+    Vec<T> vv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) vv[v] = loadu(vi + v * L);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const T x = coef(o[r], i) * mul;
-      a[r][0] += x * v0;
-      a[r][1] += x * v1;
-      a[r][2] += x * v2;
-      a[r][3] += x * v3;
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) a[r][v] += x * vv[v];
     }
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     if (o0 + r >= no) break;
 #pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) storeu(acc + o[r] * d + c0 + v * L, a[r][v]);
+    for (int v = 0; v < NV; ++v) storeu(acc + o[r] * d + c0 + v * L, a[r][v]);
   }
 }
 
+template <typename T, int NV>
+inline void combine_columns(const Coef<T>& coef, int64_t no, int64_t n, const T* vecs, int64_t d, int64_t c0, T mul,
+                            T* acc) {
+  for (int64_t o0 = 0; o0 < no; o0 += kCombineRows)
+    combine_block<T, kCombineRows, NV>(coef, o0, no, n, vecs, d, c0, mul, acc);
+}
+
 // acc[o][c] += mul * sum_{i < n} coef(o, i) * vecs[i][c] for the no rows of acc ([no][d]): blocks of
-// kCombineRows rows x 4 vectors of channels stay in registers while the n vecs rows stream past.
+// rows x 4 vectors of channels (then 2, then 1 for the rest of the head dim) stay in registers while
+// the n vecs rows stream past.
 template <typename T>
 inline void combine_rows(const Coef<T>& coef, int64_t no, int64_t n, const T* vecs, int64_t d, T mul, T* acc) {
-  constexpr int64_t W = 4 * kLanes<T>;
+  constexpr int64_t L = kLanes<T>;
   int64_t c0 = 0;
-  for (; c0 + W <= d; c0 += W)
-    for (int64_t o0 = 0; o0 < no; o0 += kCombineRows)
-      combine_block<T, kCombineRows>(coef, o0, no, n, vecs, d, c0, mul, acc);
-  if (c0 < d)  // the channels past the last 4-vector block
+  for (; c0 + 4 * L <= d; c0 += 4 * L) combine_columns<T, 4>(coef, no, n, vecs, d, c0, mul, acc);
+  if constexpr (sizeof(Vec<T>) == 64) {  // wide vectors: head dims that are not a multiple of 4 of them
+    if (c0 + 2 * L <= d) combine_columns<T, 2>(coef, no, n, vecs, d, c0, mul, acc), c0 += 2 * L;
+    if (c0 + L <= d) combine_columns<T, 1>(coef, no, n, vecs, d, c0, mul, acc), c0 += L;
+  }
+  if (c0 < d)  // the channels past the last whole vector
     for (int64_t o = 0; o < no; ++o)
       for (int64_t i = 0; i < n; ++i) {
         const T x = coef(o, i) * mul;
