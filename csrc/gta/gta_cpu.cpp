@@ -20,13 +20,13 @@ GeoTensors geo_of(const at::Tensor& q_se3, const at::Tensor& k_se3, const at::Te
 }
 
 // The kernel build for the active instruction set; on AVX-512, the 32-byte-vector build for head dims
-// below 64 (gta_cpu_ymm_avx512.cpp says why).
+// below 64 and for short key sequences (gta_cpu_ymm_avx512.cpp says why).
 template <typename F>
-F* pick_build(F* base, F* avx2, F* avx512, F* avx512_ymm, int64_t head_dim) {
+F* pick_build(F* base, F* avx2, F* avx512, F* avx512_ymm, const Dims& D) {
   F* f = for_active_isa(base, avx2, avx512);
-  return f == avx512 && head_dim < 64 ? avx512_ymm : f;
+  return f == avx512 && (D.d < 64 || D.Nk < 512) ? avx512_ymm : f;
 }
-#define PHASOR_GTA_KERNEL(fn, d) pick_build(&base::fn, &avx2::fn, &avx512::fn, &avx512_ymm::fn, d)
+#define PHASOR_GTA_KERNEL(fn, D) pick_build(&base::fn, &avx2::fn, &avx512::fn, &avx512_ymm::fn, D)
 
 std::optional<at::Tensor> contiguous_mask(const std::optional<at::Tensor>& m) {
   return m ? std::optional<at::Tensor>(m->contiguous()) : std::nullopt;
@@ -40,7 +40,7 @@ std::tuple<at::Tensor, at::Tensor> fwd(const at::Tensor& q, const at::Tensor& k,
   const char* op = "phasor::gta_attention_fwd";
   const Dims D = check_fwd(op, q, k, v, q_se3, k_se3, q_so3, k_so3, q_pos, k_pos, freqs, dims, key_mask);
   check_cpu_dtype(op, q);
-  return PHASOR_GTA_KERNEL(gta_fwd_cpu, D.d)(
+  return PHASOR_GTA_KERNEL(gta_fwd_cpu, D)(
       D, q.contiguous(), k.contiguous(), v.contiguous(), geo_of(q_se3, k_se3, q_so3, k_so3, q_pos, k_pos, freqs),
       contiguous_mask(key_mask), scale, v_transform);
 }
@@ -54,7 +54,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd(
   const Dims D = check_bwd(op, grad_out, q, k, v, out, lse, q_se3, k_se3, q_so3, k_so3, q_pos, k_pos, freqs, dims,
                            key_mask);
   check_cpu_dtype(op, q);
-  return PHASOR_GTA_KERNEL(gta_bwd_cpu, D.d)(
+  return PHASOR_GTA_KERNEL(gta_bwd_cpu, D)(
       D, grad_out.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous(), lse.contiguous(),
       geo_of(q_se3, k_se3, q_so3, k_so3, q_pos, k_pos, freqs), contiguous_mask(key_mask), scale, v_transform);
 }

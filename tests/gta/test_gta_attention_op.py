@@ -42,6 +42,18 @@ def test_matches_reference_head_dims(cpu_isa, dtype, d):
                            frozen=(5, 6, 7, 8, 9))  # SO(3)/SO(2) geometry is constant (detached)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("d", [64, 96])
+def test_matches_reference_long_keys(cpu_isa, d, dtype):
+    """512+ keys at head dim >= 64: the AVX-512 dispatch takes its 64-byte-vector build here (d = 96 also
+    runs its 2-vector channel blocks); shorter or narrower calls take the 32-byte one."""
+    dims = (0, d // 2, 8, d // 2 - 8)
+    args, dims, mask = make_inputs(1, 2, 24, 520, dims, 2, 2, dtype=dtype, mask=True, seed=d)
+    compare_with_reference(lambda *a: ops.gta_attention(*a, dims, mask)[None],
+                           lambda *a: reference.gta_attention_ref(*a, dims, mask)[0][None], args,
+                           frozen=(5, 6, 7, 8, 9))
+
+
 def test_matches_reference_noncontiguous_and_scale(cpu_isa):
     args, dims, mask = make_inputs(2, 2, 10, 12, (4, 8, 8, 4), 2, 3, mask=True)
     nc = [noncontiguous(a) for a in args]

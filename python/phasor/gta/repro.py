@@ -40,7 +40,7 @@ class Config:
     steps: int = 5400
     batch: int = 8
     rays: int = 256  # target pixels per scene per step
-    lr: float = 6e-4
+    lr: float = 3e-4  # the official run: 1e-4 at batch 32. At 6e-4 (sessions 3-4) GTA trailed (README)
     warmup: int = 100
     weight_decay: float = 0.01
     eval_every: int = 600
