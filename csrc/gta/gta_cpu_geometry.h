@@ -1,9 +1,6 @@
 // GTA CPU kernels: the per-token transforms (SE(3) / SO(3) blocks, SO(2) tables) and K~, V~.
-// Included by gta_cpu_kernels.h once per instruction set (PHASOR_CPU_ISA names the namespace).
+// Only gta_cpu_kernels.h includes this, once per instruction set (it defines PHASOR_CPU_ISA).
 #pragma once
-#ifndef PHASOR_CPU_ISA
-#error "include gta/gta_cpu_kernels.h, which sets up the instruction-set namespace"
-#endif
 
 namespace phasor::gta::PHASOR_CPU_ISA {
 namespace {
