@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     b.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     b.add_argument("--json", default=None, metavar="PATH", help="write one record per (op, case, impl)")
     b.add_argument("--min-run-time", type=float, default=1.0, help="seconds per CPU measurement")
+    b.add_argument("--impls", default=None, metavar="A,B",
+                   help="only these impls (e.g. fused,eager,sdpa: skip torch.compile on a time-limited GPU run)")
     r = sub.add_parser("repro", help="reproduce a paper's result", add_help=False)
     r.add_argument("system", choices=sorted(REPROS))
     sub.add_parser("info", help="print phasor.build_info")
@@ -32,9 +34,9 @@ def main(argv=None) -> int:
         if rest:
             p.error(f"unrecognized arguments: {' '.join(rest)}")
         from .bench import harness
-        records = harness.run(args.op, args.device, args.min_run_time, args.case)
+        impls = tuple(args.impls.split(",")) if args.impls else None
+        records = harness.run(args.op, args.device, args.min_run_time, args.case, impls=impls, json_path=args.json)
         if args.json:
-            harness.write_json(records, args.json)
             print(f"wrote {len(records)} records to {args.json}")
         return 0 if all(r["correct"] for r in records) else 1
     if args.cmd == "repro":

@@ -51,3 +51,53 @@ def test_rotating_features_cases_are_registered():
     specs = registry.all_cases()
     assert {"rot_bn_epilogue", "rot_ln_epilogue", "rotating_layer"} <= {s.op for s in specs}
     assert all("cpu" in s.devices for s in specs)
+
+
+def _install(monkeypatch, *specs):
+    monkeypatch.setattr(registry, "_CASES", list(specs))
+    monkeypatch.setattr(harness, "all_cases", lambda: list(registry._CASES))
+
+
+def test_a_failing_case_or_impl_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    x = torch.randn(64)
+
+    def broken_factory(device):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    def broken_impl_factory(device):
+        def boom():
+            raise ValueError("compile failed")
+        return registry.Case({"fused": lambda: x * 2, "compile": boom, "eager": lambda: x + x}, check=lambda: True)
+
+    _install(monkeypatch, registry.CaseSpec("toy_op", "broken", broken_factory, ("cpu",)),
+             registry.CaseSpec("toy_op", "half_broken", broken_impl_factory, ("cpu",)))
+    path = tmp_path / "partial.json"
+    out = io.StringIO()
+    records = harness.run("toy_op", "cpu", min_run_time=0.01, out=out, json_path=str(path))
+    by_key = {(r["case"], r["impl"]): r for r in records}
+    assert by_key[("broken", "error")]["correct"] is False
+    assert "illegal memory access" in by_key[("broken", "error")]["error"]
+    assert by_key[("half_broken", "compile")]["error"].startswith("ValueError: compile failed")
+    assert by_key[("half_broken", "compile")]["median_ms"] is None
+    assert by_key[("half_broken", "fused")]["median_ms"] > 0 and by_key[("half_broken", "fused")]["correct"]
+    assert "illegal memory access" in out.getvalue()
+    # The JSON was written as the run went: it holds every record, and no temporary file is left.
+    assert len(json.loads(path.read_text())["records"]) == len(records)
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_impls_filter_keeps_only_the_named_impls(monkeypatch):
+    x = torch.randn(64)
+    calls = []
+
+    def factory(device):
+        def compiled():
+            calls.append("compile")
+            return x
+        return registry.Case({"fused": lambda: x * 2, "eager": lambda: x + x, "compile": compiled},
+                             check=lambda: True)
+
+    _install(monkeypatch, registry.CaseSpec("toy_op", "tiny", factory, ("cpu",)))
+    records = harness.run("toy_op", "cpu", min_run_time=0.01, out=io.StringIO(), impls=("fused", "eager"))
+    assert [r["impl"] for r in records] == ["fused", "eager"]
+    assert records[0]["speedup_vs_eager"] > 0 and calls == []

@@ -45,12 +45,26 @@ def time_cpu(fn, min_run_time: float) -> float:
     return m.median * 1e3
 
 
+_L2_FLUSH = {}
+
+
+def _flush_l2(device) -> None:
+    """Overwrite a buffer larger than any GPU's L2 (H200: 60 MB), so each timed call starts from a
+    cold cache, as it would inside a model; otherwise small cases are timed out of L2."""
+    buf = _L2_FLUSH.get(device)
+    if buf is None:
+        buf = _L2_FLUSH[device] = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
+    buf.zero_()
+
+
 def time_cuda(fn, reps: int = 50, warmup: int = 10) -> float:
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
+    device = torch.cuda.current_device()
     times = []
     for _ in range(reps):
+        _flush_l2(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
@@ -60,8 +74,19 @@ def time_cuda(fn, reps: int = 50, warmup: int = 10) -> float:
     return statistics.median(times)
 
 
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+
+
 def run(op: str | None = None, device: str = "cpu", min_run_time: float = 1.0, case: str | None = None,
-        out=sys.stdout) -> list:
+        out=sys.stdout, impls: tuple | None = None, json_path: str | None = None) -> list:
+    """Run every matching case: correctness check, then each impl's median time and peak memory.
+
+    A case or impl that raises is recorded (impl "error" or the impl's own name, correct False, the
+    exception text under "error") and the run goes on, so one broken kernel cannot hide the rest.
+    `impls` keeps only those impls (the baseline too when it is among them); `json_path` rewrites the
+    JSON after every case, so a run stopped by a time limit still leaves its finished cases.
+    """
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
     records = []
@@ -78,23 +103,46 @@ def run(op: str | None = None, device: str = "cpu", min_run_time: float = 1.0, c
     print("-" * len(header), file=out)
     for spec in specs:
         t0 = time.time()
-        c = spec.factory(device)
-        correct = bool(c.check())
-        rows = {}
+        base_record = {"op": spec.op, "case": spec.name, "device": device}
+        try:
+            c = spec.factory(device)
+            correct = bool(c.check())
+        except Exception as e:  # noqa: BLE001 - report and go on to the next case
+            err = _error_text(e)
+            print(f"{spec.op:<16} {spec.name:<26} {'error':<10} {err}", file=out)
+            records.append({**base_record, "impl": "error", "median_ms": None, "peak_mem_mb": None,
+                            "correct": False, "error": err})
+            _save(records, json_path)
+            continue
+        rows, errors = {}, {}
         for impl, fn in c.impls.items():
-            ms = time_cuda(fn) if device == "cuda" else time_cpu(fn, min_run_time)
-            mem = _cuda_peak_mb(fn) if device == "cuda" else _cpu_peak_mb(fn)
-            rows[impl] = (ms, mem)
+            if impls is not None and impl not in impls:
+                continue
+            try:
+                ms = time_cuda(fn) if device == "cuda" else time_cpu(fn, min_run_time)
+                mem = _cuda_peak_mb(fn) if device == "cuda" else _cpu_peak_mb(fn)
+                rows[impl] = (ms, mem)
+            except Exception as e:  # noqa: BLE001
+                errors[impl] = _error_text(e)
         base = rows.get(c.baseline, (None,))[0]
         for impl, (ms, mem) in rows.items():
             speed = f"{base / ms:7.2f}x" if base else "     -"
             print(f"{spec.op:<16} {spec.name:<26} {impl:<10} {ms:10.3f} {mem:9.1f} {speed:>8}  {correct}", file=out)
-            records.append({"op": spec.op, "case": spec.name, "device": device, "impl": impl,
-                            "median_ms": round(ms, 4), "peak_mem_mb": round(mem, 2), "correct": correct,
-                            f"speedup_vs_{c.baseline}": round(base / ms, 3) if base else None})
+            records.append({**base_record, "impl": impl, "median_ms": round(ms, 4), "peak_mem_mb": round(mem, 2),
+                            "correct": correct, f"speedup_vs_{c.baseline}": round(base / ms, 3) if base else None})
+        for impl, err in errors.items():
+            print(f"{spec.op:<16} {spec.name:<26} {impl:<10} error: {err}", file=out)
+            records.append({**base_record, "impl": impl, "median_ms": None, "peak_mem_mb": None, "correct": False,
+                            "error": err})
         print(f"{'':<16} ({time.time() - t0:.0f}s{'; ' + c.note if c.note else ''})", file=out)
         out.flush()
+        _save(records, json_path)
     return records
+
+
+def _save(records: list, json_path: str | None) -> None:
+    if json_path:
+        write_json(records, json_path)
 
 
 def write_json(records: list, path: str) -> None:
@@ -105,4 +153,6 @@ def write_json(records: list, path: str) -> None:
     machine = machine_description()
     for r in records:
         r["machine"] = machine.get("gpu") if r["device"] == "cuda" else machine.get("cpu_model", machine["processor"])
-    p.write_text(json.dumps({"records": records, "machine": machine, "build_info": phasor.build_info}, indent=1))
+    tmp = p.with_name(p.name + ".tmp")  # atomic: a reader (or a killed run) never sees half a file
+    tmp.write_text(json.dumps({"records": records, "machine": machine, "build_info": phasor.build_info}, indent=1))
+    tmp.replace(p)
