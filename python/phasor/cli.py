@@ -25,7 +25,9 @@ def main(argv=None) -> int:
     b.add_argument("--json", default=None, metavar="PATH", help="write one record per (op, case, impl)")
     b.add_argument("--min-run-time", type=float, default=1.0, help="seconds per CPU measurement")
     b.add_argument("--impls", default=None, metavar="A,B",
-                   help="only these impls (e.g. fused,eager,sdpa: skip torch.compile on a time-limited GPU run)")
+                   help="only these impls (the case's names, comma-separated)")
+    b.add_argument("--skip-impls", default="", metavar="A,B",
+                   help="leave these impls out (e.g. compile: its Triton compile is slow on a time-limited GPU run)")
     r = sub.add_parser("repro", help="reproduce a paper's result", add_help=False)
     r.add_argument("system", choices=sorted(REPROS))
     sub.add_parser("info", help="print phasor.build_info")
@@ -35,7 +37,8 @@ def main(argv=None) -> int:
             p.error(f"unrecognized arguments: {' '.join(rest)}")
         from .bench import harness
         impls = tuple(args.impls.split(",")) if args.impls else None
-        records = harness.run(args.op, args.device, args.min_run_time, args.case, impls=impls, json_path=args.json)
+        records = harness.run(args.op, args.device, args.min_run_time, args.case, impls=impls, json_path=args.json,
+                              skip_impls=tuple(filter(None, args.skip_impls.split(","))))
         if args.json:
             print(f"wrote {len(records)} records to {args.json}")
         return 0 if all(r["correct"] for r in records) else 1

@@ -101,3 +101,5 @@ def test_impls_filter_keeps_only_the_named_impls(monkeypatch):
     records = harness.run("toy_op", "cpu", min_run_time=0.01, out=io.StringIO(), impls=("fused", "eager"))
     assert [r["impl"] for r in records] == ["fused", "eager"]
     assert records[0]["speedup_vs_eager"] > 0 and calls == []
+    records = harness.run("toy_op", "cpu", min_run_time=0.01, out=io.StringIO(), skip_impls=("compile",))
+    assert [r["impl"] for r in records] == ["fused", "eager"] and calls == []

@@ -79,12 +79,14 @@ def _error_text(e: BaseException) -> str:
 
 
 def run(op: str | None = None, device: str = "cpu", min_run_time: float = 1.0, case: str | None = None,
-        out=sys.stdout, impls: tuple | None = None, json_path: str | None = None) -> list:
+        out=sys.stdout, impls: tuple | None = None, json_path: str | None = None,
+        skip_impls: tuple = ()) -> list:
     """Run every matching case: correctness check, then each impl's median time and peak memory.
 
     A case or impl that raises is recorded (impl "error" or the impl's own name, correct False, the
     exception text under "error") and the run goes on, so one broken kernel cannot hide the rest.
-    `impls` keeps only those impls (the baseline too when it is among them); `json_path` rewrites the
+    `impls` keeps only those impls, `skip_impls` drops those (speedups need the baseline among the
+    impls kept); `json_path` rewrites the
     JSON after every case, so a run stopped by a time limit still leaves its finished cases.
     """
     if device == "cuda" and not torch.cuda.is_available():
@@ -116,7 +118,7 @@ def run(op: str | None = None, device: str = "cpu", min_run_time: float = 1.0, c
             continue
         rows, errors = {}, {}
         for impl, fn in c.impls.items():
-            if impls is not None and impl not in impls:
+            if (impls is not None and impl not in impls) or impl in skip_impls:
                 continue
             try:
                 ms = time_cuda(fn) if device == "cuda" else time_cpu(fn, min_run_time)
