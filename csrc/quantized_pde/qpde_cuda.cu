@@ -1,17 +1,20 @@
 // CUDA kernels of the quantized-PDE ops: fused fake quantization (forward; one-pass backward with
-// deterministic two-stage sums) and the int8 convolution on dp4a (sm_61+) with the fused epilogue.
-// Same math and checks as qpde_cpu_kernels.h / qpde_checks.h.
+// deterministic two-stage sums) and the int8 convolution. Same math and checks as
+// qpde_cpu_kernels.h / qpde_checks.h.
 //
 // Scale and zero point stay on the device (no host sync): the kernels read them, round the zero
 // point and clamp it into [quant_min, quant_max] (the CPU entry rejects an out-of-range one
 // instead; a device-side check would need a sync). Scale gradients: every block reduces a fixed
-// slice with the fixed-order block_reduce of common/cuda_utils.cuh into a partial, and one
-// more launch adds the partials in index order, so results do not depend on scheduling.
+// slice with a fixed-order tree into a partial, and one more launch adds the partials with a
+// fixed-order block reduction, so results do not depend on scheduling.
 //
-// Int8 conv: one thread per output element (n, co, oh, ow); input channels go four at a time
-// into one __dp4a (s8 x s8 -> s32). Padded taps read the zero point, and acc - z_x * sum(w)
-// removes it, as on the CPU.
+// Int8 conv: the tensor-core implicit GEMM of qpde_int8_conv_cuda.cu (sm_80+) wherever its index
+// limits allow; otherwise, or with PHASOR_QPDE_CUDA_KERNEL=dp4a (read on every call), the direct
+// kernel below: one thread per output element (n, co, oh, ow), input channels four at a time
+// into one __dp4a (s8 x s8 -> s32). Both read the zero point at padded taps and remove it with
+// acc - z_x * sum(w), as on the CPU.
 #include "quantized_pde/qpde_checks.h"
+#include "quantized_pde/qpde_int8_conv_cuda.h"
 
 #include "common/cuda_host.h"
 #include "common/cuda_utils.cuh"
@@ -26,7 +29,10 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string_view>
 #include <tuple>
 
 namespace phasor::qpde {
@@ -102,14 +108,17 @@ __global__ void fq_tensor_bwd_kernel(const T* __restrict__ g, const T* __restric
   }
 }
 
-// Partials [rows, cols] summed over rows in order, times factor, into out[cols] (T).
+// Partials [rows, cols] summed over rows, times factor, into out[cols] (T). One block per column:
+// thread t adds rows t, t + kThreads, ... in order, then block_reduce combines the threads in a
+// fixed order, so the result depends only on rows and kThreads (not on scheduling), and a long
+// partial list (a large tensor) is no longer summed by a single thread.
 template <typename T>
 __global__ void sum_rows_kernel(const double* part, int64_t rows, int64_t cols, double factor, T* out) {
-  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (c >= cols) return;
+  const int64_t c = blockIdx.x;
   double acc = 0;
-  for (int64_t r = 0; r < rows; ++r) acc += part[r * cols + c];
-  out[c] = T(acc * factor);
+  for (int64_t r = threadIdx.x; r < rows; r += kThreads) acc += part[r * cols + c];
+  acc = phasor::cuda::block_reduce(acc, phasor::cuda::Sum{});
+  if (threadIdx.x == 0) out[c] = T(acc * factor);
 }
 
 template <typename T>
@@ -184,9 +193,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fq_tensor_bwd_cuda(const at::Tens
         g.const_data_ptr<T>(), x.const_data_ptr<T>(), gx.mutable_data_ptr<T>(), n, scale.const_data_ptr<T>(),
         zp.const_data_ptr<T>(), T(qmin), T(qmax), ps, ps + blocks);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    sum_rows_kernel<T><<<1, 1, 0, stream>>>(ps, blocks, 1, factor, gs.mutable_data_ptr<T>());
+    sum_rows_kernel<T><<<1, kThreads, 0, stream>>>(ps, blocks, 1, factor, gs.mutable_data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    sum_rows_kernel<T><<<1, 1, 0, stream>>>(ps + blocks, blocks, 1, factor, gz.mutable_data_ptr<T>());
+    sum_rows_kernel<T><<<1, kThreads, 0, stream>>>(ps + blocks, blocks, 1, factor, gz.mutable_data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {gx, gs, gz};
@@ -230,7 +239,7 @@ std::tuple<at::Tensor, at::Tensor> fq_channel_bwd_cuda(const at::Tensor& grad, c
         g.const_data_ptr<T>(), x.const_data_ptr<T>(), gx.mutable_data_ptr<T>(), C, inner, scale.const_data_ptr<T>(),
         T(qmin), T(qmax), part.mutable_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    sum_rows_kernel<T><<<grid_for(ceil_div<int64_t>(C, kThreads), op, "channels"), kThreads, 0, stream>>>(
+    sum_rows_kernel<T><<<grid_for(C, op, "channels"), kThreads, 0, stream>>>(
         part.const_data_ptr<double>(), rows / C, C, factor, gs.mutable_data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -297,6 +306,19 @@ __global__ void int8_conv_kernel(const int8_t* __restrict__ x, const int8_t* __r
   }
 }
 
+enum class ConvKernel { Auto, Mma, Dp4a };
+
+// PHASOR_QPDE_CUDA_KERNEL: unset, "" or "auto" (mma where it applies, else dp4a), "mma" (an error
+// where it does not apply), "dp4a". Read on every call so tests and benchmarks can switch.
+ConvKernel conv_kernel_choice(const char* op) {
+  const char* env = std::getenv("PHASOR_QPDE_CUDA_KERNEL");
+  const std::string_view v = env ? env : "";
+  if (v.empty() || v == "auto") return ConvKernel::Auto;
+  if (v == "mma") return ConvKernel::Mma;
+  if (v == "dp4a") return ConvKernel::Dp4a;
+  TORCH_CHECK_VALUE(false, op, ": PHASOR_QPDE_CUDA_KERNEL must be auto, mma or dp4a, got '", std::string(v), "'");
+}
+
 at::Tensor int8_conv_cuda(const at::Tensor& x_in, double x_scale, int64_t x_zp, const at::Tensor& w_in,
                           const at::Tensor& w_scale_in, const c10::optional<at::Tensor>& bias_in,
                           c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
@@ -307,6 +329,7 @@ at::Tensor int8_conv_cuda(const at::Tensor& x_in, double x_scale, int64_t x_zp, 
   a.int8_out = parse_output(op, output);
   a.g = check_int8_conv(op, x_in, x_scale, x_zp, w_in, w_scale_in, bias_in, stride, padding, dilation, a.int8_out,
                         out_scale, out_zp);
+  const ConvKernel choice = conv_kernel_choice(op);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), w = w_in.contiguous(), ws = w_scale_in.contiguous();
   at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
@@ -317,6 +340,16 @@ at::Tensor int8_conv_cuda(const at::Tensor& x_in, double x_scale, int64_t x_zp, 
   a.has_bias = bias.defined();
   at::Tensor out = at::empty({a.g.N, a.g.Co, a.g.Ho, a.g.Wo}, x.options().dtype(a.int8_out ? at::kChar : at::kFloat));
   if (out.numel() == 0) return out;
+  if (choice != ConvKernel::Dp4a) {
+    const bool ok = int8_conv_mma_supported(a.g, x.get_device());
+    TORCH_CHECK_VALUE(ok || choice == ConvKernel::Auto, op,
+                      ": PHASOR_QPDE_CUDA_KERNEL=mma, but the tensor-core path needs sm_80+ and int32-sized indices");
+    if (ok) {
+      const Int8ConvEpilogue e{a.x_scale, a.x_zp, a.inv_out, a.out_zp, a.act, a.int8_out};
+      int8_conv_mma_cuda(x, w, ws, bias, a.g, e, out);
+      return out;
+    }
+  }
   auto stream = c10::cuda::getCurrentCUDAStream();
   int8_conv_kernel<<<elementwise_grid(out.numel()), kThreads, 0, stream>>>(
       x.const_data_ptr<int8_t>(), w.const_data_ptr<int8_t>(), ws.const_data_ptr<float>(),

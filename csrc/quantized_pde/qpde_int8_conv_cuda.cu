@@ -1,0 +1,530 @@
+// phasor::int8_conv2d on int8 tensor cores: an implicit GEMM with mma.sync m16n8k32 s8 x s8 -> s32
+// (sm_80+; inline PTX), the fused dequantise / bias / activation / requantise epilogue, NCHW output.
+//
+// GEMM view: rows m = output pixels (n, oh, ow) in NCHW order (M = N Ho Wo), columns = output
+// channels (Co), reduction k = (tap (r, q), channel c) with the channels innermost, padded to
+// Cp = round_up(Ci, 32), so every 32-wide k chunk is one tap and 32 consecutive channels.
+//
+// Two launches per call:
+//  1. prep: the input as NHWC int8 with Cp channels (extra channels 0), so one k chunk of one
+//     pixel is 32 contiguous bytes; the weights as [Co_pad][Kpad] in the same k order (0 where
+//     c >= Ci, co >= Co or k >= taps Cp), and per output channel the zero-point correction
+//     x_zp * sum(w), the multiplier float(x_scale) * w_scale and the bias (0 without one).
+//  2. GEMM: 128 pixels x 64 channels per block, 4 warps of 64 x 32, 64 k per stage in a 3-stage
+//     cp.async pipeline. A padded tap (outside the input) stores the zero point into shared memory
+//     instead of loading, so acc - x_zp * sum(w) = sum (x - x_zp) w exactly, as on the CPU.
+//     The epilogue stages the tile through shared memory as [channel][pixel], so the NCHW writes
+//     run along the pixels (16-byte stores where the pixel count per image allows).
+//
+// Fragment layouts (PTX ISA, mma.m16n8k32 with .s8; g = lane / 4, t = lane % 4; each 32-bit
+// register holds 4 consecutive k of one row or column):
+//   A (16 x 32, row-major): a0 = A[g][4t..4t+3], a1 = A[g+8][4t..], a2 = A[g][16+4t..], a3 = A[g+8][16+4t..]
+//   B (32 x 8, "col": k contiguous per column n): b0 = B[4t..4t+3][g], b1 = B[16+4t..16+4t+3][g]
+//   C (16 x 8 int32): c0, c1 = C[g][2t, 2t+1], c2, c3 = C[g+8][2t, 2t+1]
+// Viewing 16 bytes of a row as eight b16 values, each register is the (row g, word t) element of an
+// 8 x 8 b16 matrix, which is what ldmatrix.m8n8.b16 hands lane g*4+t. So one ldmatrix.x4 gives
+//   A: matrices (rows 0-7, k 0-15), (rows 8-15, k 0-15), (rows 0-7, k 16-31), (rows 8-15, k 16-31)
+//      = a0..a3; lane l points at row l % 16, k byte 16 (l / 16);
+//   B (stored [n][k]): (n 0-7, k 0-15), (n 0-7, k 16-31), (n 8-15, k 0-15), (n 8-15, k 16-31)
+//      = b0, b1 of n tile 0, then of n tile 1; lane l points at row 8 (l / 16) + l % 8, k byte 16 ((l / 8) % 2).
+//
+// Shared memory: a stage holds A [128 rows][64 B] and B [64 rows][64 B]; the 16-byte chunk c of
+// row r sits at chunk c ^ ((r >> 1) & 3), so the 8 rows one ldmatrix phase reads (and the 8
+// chunks a quarter-warp's cp.async writes) fall into 8 different 16-byte bank groups.
+#include "quantized_pde/qpde_int8_conv_cuda.h"
+
+#include "common/cuda_utils.cuh"
+
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+#include <limits>
+
+namespace phasor::qpde {
+namespace {
+
+constexpr int kBM = 128;              // pixels per block
+constexpr int kBN = 64;               // output channels per block
+constexpr int kBK = 64;               // k per pipeline stage (two 32-wide chunks)
+constexpr int kStages = 3;
+constexpr int kThreads = 128;         // 4 warps, 2 (pixels) x 2 (channels), 64 x 32 each
+constexpr int kStageA = kBM * kBK;    // bytes
+constexpr int kStageB = kBN * kBK;
+constexpr int kStageBytes = kStageA + kStageB;
+constexpr int kPipeBytes = kStages * kStageBytes;
+constexpr int kStg8 = kBM + 16;       // int8 staging row ([channel][pixel]); 16-byte aligned rows
+constexpr int kStgF = kBM + 4;        // float staging row; 16-byte aligned, c0/c1 stores conflict-free
+constexpr int kSmemBytes = kPipeBytes > kBN * kStgF * 4 ? kPipeBytes : kBN * kStgF * 4;
+static_assert(kSmemBytes <= 48 * 1024, "static shared memory above 48 KB needs the dynamic opt-in");
+static_assert(kBN * kStg8 <= kSmemBytes, "int8 staging must fit");
+
+constexpr int kPrepThreads = 256;
+constexpr int kPrepPix = 128;  // pixels per transpose tile (x 32 channels)
+
+// ---------------------------------------------------------------------------------- PTX helpers
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared, cached in L1 too: neighbouring taps of a 3x3 conv reread the same rows.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void st_shared_fill16(uint32_t dst, uint32_t v) {
+  asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(dst), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr)
+               : "memory");
+}
+
+__device__ __forceinline__ void mma_s8(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Same formulas as the CPU epilogue (qpde_cpu_kernels.h). y = float(acc - corr) * mult + bias is one
+// fmaf here; GCC contracts the CPU line to the same FMA in its AVX2/AVX-512 builds (-std=gnu++20).
+__device__ __forceinline__ float epilogue_value(int32_t acc, int32_t corr, float mult, float bias, Act act) {
+  float y = fmaf(static_cast<float>(acc - corr), mult, bias);
+  if (act == Act::Relu) y = y > 0.f ? y : 0.f;
+  else if (act == Act::Gelu) y = 0.5f * y * (1.f + erff(y * 0.70710678118654752f));
+  return y;
+}
+
+__device__ __forceinline__ int8_t requantise(float y, float inv_out, float out_zp) {
+  const float q = nearbyintf(y * inv_out) + out_zp;
+  return static_cast<int8_t>(fminf(fmaxf(q, -128.f), 127.f));
+}
+
+// ------------------------------------------------------------------------------------ prep kernel
+struct PrepArgs {
+  const int8_t* x;      // [N][Ci][HW]
+  int8_t* xh;           // [N][HW][Cp]
+  const int8_t* w;      // [Co][Ci][taps]
+  int8_t* wp;           // [Co_pad][Kpad]
+  const float* w_scale;
+  const float* bias;    // nullptr: none
+  int32_t* corr;        // [Co_pad] x_zp * sum(w)
+  float* mult;          // [Co_pad] float(x_scale) * w_scale
+  float* bias_out;      // [Co_pad]
+  int Ci, HW, Cp, C32, tilesP, nT, Co, taps, Kpad, x_zp;
+  float x_scale;
+  bool vec_in;          // HW % 16 == 0 and x 16-byte aligned
+};
+
+// 4 x 4 byte transpose: w[j] holds byte i of row j -> o[i] holds byte j of row i... i.e. rows of
+// channels (4 pixels each) become 4-channel words of single pixels.
+__device__ __forceinline__ void transpose4x4(uint32_t w0, uint32_t w1, uint32_t w2, uint32_t w3, uint32_t (&o)[4]) {
+  const uint32_t t0 = __byte_perm(w0, w1, 0x5140), t1 = __byte_perm(w0, w1, 0x7362);
+  const uint32_t t2 = __byte_perm(w2, w3, 0x5140), t3 = __byte_perm(w2, w3, 0x7362);
+  o[0] = __byte_perm(t0, t2, 0x5410);
+  o[1] = __byte_perm(t0, t2, 0x7632);
+  o[2] = __byte_perm(t1, t3, 0x5410);
+  o[3] = __byte_perm(t1, t3, 0x7632);
+}
+
+// Blocks [0, nT): one (image, 128-pixel tile, 32-channel chunk) of the NCHW -> NHWC transpose.
+// Blocks [nT, ...): 8 output channels each (one per warp): weight repack, row sums, constants.
+__global__ void __launch_bounds__(kPrepThreads) int8_conv_prep_kernel(const PrepArgs a) {
+  __shared__ uint32_t tile[32][33];  // [channel][pixel / 4]; 33 words: conflict-free both ways
+  const int tid = threadIdx.x;
+  const int b = blockIdx.x;
+  if (b < a.nT) {
+    const int c32 = b % a.C32, rest = b / a.C32, pt = rest % a.tilesP, n = rest / a.tilesP;
+    const int c0 = c32 * 32, p0 = pt * kPrepPix;
+    if (a.vec_in) {
+      const int c = tid >> 3, j = tid & 7, ci = c0 + c, p = p0 + 16 * j;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (ci < a.Ci && p < a.HW)  // HW % 16 == 0: the 16 pixels are all inside
+        v = *reinterpret_cast<const uint4*>(a.x + (static_cast<int64_t>(n) * a.Ci + ci) * a.HW + p);
+      tile[c][4 * j + 0] = v.x;
+      tile[c][4 * j + 1] = v.y;
+      tile[c][4 * j + 2] = v.z;
+      tile[c][4 * j + 3] = v.w;
+    } else {
+      unsigned char* t8 = reinterpret_cast<unsigned char*>(&tile[0][0]);
+      for (int e = tid; e < 32 * kPrepPix; e += kPrepThreads) {
+        const int c = e / kPrepPix, pp = e % kPrepPix, ci = c0 + c, p = p0 + pp;
+        const int8_t v = (ci < a.Ci && p < a.HW) ? a.x[(static_cast<int64_t>(n) * a.Ci + ci) * a.HW + p] : int8_t(0);
+        t8[c * 33 * 4 + pp] = static_cast<unsigned char>(v);
+      }
+    }
+    __syncthreads();
+    const int cq = tid & 7, pg = tid >> 3;  // channels 4cq..4cq+3 of pixels 4pg..4pg+3
+    uint32_t o[4];
+    transpose4x4(tile[4 * cq + 0][pg], tile[4 * cq + 1][pg], tile[4 * cq + 2][pg], tile[4 * cq + 3][pg], o);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int p = p0 + 4 * pg + i;
+      if (p < a.HW)
+        *reinterpret_cast<uint32_t*>(a.xh + (static_cast<int64_t>(n) * a.HW + p) * a.Cp + c0 + 4 * cq) = o[i];
+    }
+    return;
+  }
+  const int lane = tid & 31;
+  const int co = (b - a.nT) * (kPrepThreads / 32) + (tid >> 5);  // < Co_pad by the grid size
+  int32_t s = 0;
+  for (int k = lane; k < a.Kpad; k += 32) {
+    const int tap = k / a.Cp, c = k - tap * a.Cp;
+    int8_t v = 0;
+    if (co < a.Co && tap < a.taps && c < a.Ci) v = a.w[(static_cast<int64_t>(co) * a.Ci + c) * a.taps + tap];
+    a.wp[static_cast<int64_t>(co) * a.Kpad + k] = v;
+    s += v;
+  }
+  s = phasor::cuda::warp_reduce(s, phasor::cuda::Sum{});
+  if (lane == 0) {
+    const bool real = co < a.Co;
+    a.corr[co] = real ? a.x_zp * s : 0;
+    a.mult[co] = real ? a.x_scale * a.w_scale[co] : 0.f;
+    a.bias_out[co] = real && a.bias != nullptr ? a.bias[co] : 0.f;
+  }
+}
+
+// ------------------------------------------------------------------------------------ GEMM kernel
+struct MmaArgs {
+  const int8_t* xh;     // [N][H][W][Cp]
+  const int8_t* wp;     // [Co_pad][Kpad]
+  const int32_t* corr;  // [Co_pad]
+  const float* mult;
+  const float* bias;
+  void* out;            // [N][Co][Ho][Wo]
+  int H, W, Cp, C32, kh, kw, sh, sw, ph, pw, dh, dw, Wo, P, M, Co, nk, Kpad;
+  uint32_t zp4;         // the input zero point in all 4 bytes
+  float inv_out, out_zp;
+  Act act;
+  bool vec_out;         // 16-byte output stores (P % 16 == 0 for int8, % 4 for float; aligned out)
+};
+
+template <bool kInt8Out>
+__global__ void __launch_bounds__(kThreads, 4) int8_conv_mma_kernel(const MmaArgs a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  __shared__ __align__(128) unsigned char smem[kSmemBytes];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp >> 1, wn = warp & 1;
+  const int m0 = blockIdx.x * kBM, co0 = blockIdx.y * kBN;
+  const uint32_t sbase = smem_addr(smem);
+
+  // ---- A loader: this thread fills logical chunk ca (k bytes 16ca..16ca+15 of the stage) of rows
+  // tid/4 + 32j. Chunk ca is half (ca & 1) of k chunk 2s + (ca >> 1) of stage s.
+  const int ca = tid & 3;
+  const int8_t* arow[4];
+  int ih0[4], iw0[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int m = m0 + (tid >> 2) + 32 * j;
+    if (m < a.M) {
+      const int n = m / a.P, p = m - n * a.P, oh = p / a.Wo, ow = p - oh * a.Wo;
+      arow[j] = a.xh + static_cast<int64_t>(n) * a.H * a.W * a.Cp + (ca & 1) * 16;
+      ih0[j] = oh * a.sh - a.ph;
+      iw0[j] = ow * a.sw - a.pw;
+    } else {  // past the last pixel: always "padding" (the zero point; never stored)
+      arow[j] = a.xh;
+      ih0[j] = -(1 << 30);
+      iw0[j] = -(1 << 30);
+    }
+  }
+  // row r = tid/4 + 32j: (r >> 1) & 3 does not depend on j
+  const uint32_t a_dst = static_cast<uint32_t>(((tid >> 2) * kBK) + ((ca ^ ((tid >> 3) & 3)) << 4));
+  // k chunk of this thread's next A load, as (tap row r, tap column q, 32-channel group c32)
+  int kc_c32, kc_q, kc_r;
+  {
+    const int kc0 = ca >> 1, tap = kc0 / a.C32;
+    kc_c32 = kc0 - tap * a.C32;
+    kc_q = tap % a.kw;
+    kc_r = tap / a.kw;
+  }
+  auto load_a = [&](int slot) {
+    const uint32_t dst0 = sbase + slot * kStageBytes + a_dst;
+    const bool kin = kc_r < a.kh;  // false: the zero chunk past K (its weights are 0)
+    const int dih = kc_r * a.dh, diw = kc_q * a.dw, coff = kc_c32 * 32;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int ih = ih0[j] + dih, iw = iw0[j] + diw;
+      const uint32_t dst = dst0 + j * 32 * kBK;
+      if (kin && static_cast<unsigned>(ih) < static_cast<unsigned>(a.H) && static_cast<unsigned>(iw) < static_cast<unsigned>(a.W))
+        cp_async16(dst, arow[j] + (ih * a.W + iw) * a.Cp + coff);
+      else
+        st_shared_fill16(dst, a.zp4);
+    }
+    kc_c32 += 2;  // next stage: k chunk + 2
+    while (kc_c32 >= a.C32) {
+      kc_c32 -= a.C32;
+      if (++kc_q == a.kw) {
+        kc_q = 0;
+        ++kc_r;
+      }
+    }
+  };
+  // ---- B loader: chunk cb of rows tid/4 and tid/4 + 32 (weights are padded: no bounds)
+  const int cb = tid & 3;
+  const uint32_t b_dst = static_cast<uint32_t>(kStageA + (tid >> 2) * kBK + ((cb ^ ((tid >> 3) & 3)) << 4));
+  const int8_t* b_src = a.wp + static_cast<int64_t>(co0 + (tid >> 2)) * a.Kpad + cb * 16;
+  auto load_b = [&](int slot, int s) {
+    const uint32_t dst = sbase + slot * kStageBytes + b_dst;
+    cp_async16(dst, b_src + s * kBK);
+    cp_async16(dst + 32 * kBK, b_src + static_cast<int64_t>(32) * a.Kpad + s * kBK);
+  };
+
+  // ---- ldmatrix lane offsets (bytes within a stage) for k32 step ks; see the header comment
+  const int swz = (lane >> 1) & 3;
+  uint32_t a_off[2], b_off[2];
+#pragma unroll
+  for (int ks = 0; ks < 2; ++ks) {
+    a_off[ks] = static_cast<uint32_t>((wm * 64 + (lane & 15)) * kBK + (((2 * ks + (lane >> 4)) ^ swz) << 4));
+    b_off[ks] = static_cast<uint32_t>(kStageA + (wn * 32 + ((lane >> 4) << 3) + (lane & 7)) * kBK +
+                                      (((2 * ks + ((lane >> 3) & 1)) ^ swz) << 4));
+  }
+
+  int32_t acc[4][4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) acc[i][j][k] = 0;
+
+  // ---- pipeline: stage s lives in slot s % kStages; one commit group per stage (empty ones too,
+  // so wait_group<kStages - 2> always means "stage kt has landed")
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < a.nk) {
+      load_a(s);
+      load_b(s, s);
+    }
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < a.nk; ++kt) {
+    cp_async_wait<kStages - 2>();
+    // stage kt (cp.async and the zero-point stores) visible to all; every warp is done with kt - 1,
+    // whose slot the next load overwrites
+    __syncthreads();
+    const int pf = kt + kStages - 1;
+    if (pf < a.nk) {
+      load_a(pf % kStages);
+      load_b(pf % kStages, pf);
+    }
+    cp_async_commit();
+    const uint32_t st = sbase + (kt % kStages) * kStageBytes;
+#pragma unroll
+    for (int ks = 0; ks < 2; ++ks) {
+      uint32_t af[4][4], bf[4][2];
+#pragma unroll
+      for (int mt = 0; mt < 4; ++mt) ldsm_x4(st + a_off[ks] + mt * 16 * kBK, af[mt][0], af[mt][1], af[mt][2], af[mt][3]);
+#pragma unroll
+      for (int pp = 0; pp < 2; ++pp)
+        ldsm_x4(st + b_off[ks] + pp * 16 * kBK, bf[2 * pp][0], bf[2 * pp][1], bf[2 * pp + 1][0], bf[2 * pp + 1][1]);
+#pragma unroll
+      for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) mma_s8(acc[mt][nt], af[mt], bf[nt]);
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // the pipeline buffers become the staging tile
+
+  // ---- epilogue: values into staging [channel][pixel] (this thread: pixels g, g+8 of each m tile,
+  // channels 2t, 2t+1 of each n tile), then NCHW stores along the pixels
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int cl = wn * 32 + nt * 8 + 2 * t + e, co = co0 + cl;  // co < Co_pad: constants exist
+      const int32_t corr = a.corr[co];
+      const float mult = a.mult[co], bias = a.bias[co];
+#pragma unroll
+      for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int rl = wm * 64 + mt * 16 + g + 8 * h;
+          const float y = epilogue_value(acc[mt][nt][2 * h + e], corr, mult, bias, a.act);
+          if constexpr (kInt8Out)
+            reinterpret_cast<int8_t*>(smem)[cl * kStg8 + rl] = requantise(y, a.inv_out, a.out_zp);
+          else
+            reinterpret_cast<float*>(smem)[cl * kStgF + rl] = y;
+        }
+    }
+  }
+  __syncthreads();
+  if constexpr (kInt8Out) {
+    const int8_t* stg = reinterpret_cast<const int8_t*>(smem);
+    int8_t* out = static_cast<int8_t*>(a.out);
+    if (a.vec_out) {  // P % 16 == 0: a 16-pixel group lies in one image, and M % 16 == 0
+      for (int i = tid; i < kBN * (kBM / 16); i += kThreads) {
+        const int cl = i / (kBM / 16), grp = i % (kBM / 16), co = co0 + cl, m = m0 + grp * 16;
+        if (co < a.Co && m < a.M) {
+          const int n = m / a.P, p = m - n * a.P;
+          *reinterpret_cast<uint4*>(out + (static_cast<int64_t>(n) * a.Co + co) * a.P + p) =
+              *reinterpret_cast<const uint4*>(stg + cl * kStg8 + grp * 16);
+        }
+      }
+    } else {
+      for (int i = tid; i < kBN * kBM; i += kThreads) {
+        const int cl = i / kBM, rl = i % kBM, co = co0 + cl, m = m0 + rl;
+        if (co < a.Co && m < a.M) {
+          const int n = m / a.P, p = m - n * a.P;
+          out[(static_cast<int64_t>(n) * a.Co + co) * a.P + p] = stg[cl * kStg8 + rl];
+        }
+      }
+    }
+  } else {
+    const float* stg = reinterpret_cast<const float*>(smem);
+    float* out = static_cast<float*>(a.out);
+    if (a.vec_out) {  // P % 4 == 0
+      for (int i = tid; i < kBN * (kBM / 4); i += kThreads) {
+        const int cl = i / (kBM / 4), quad = i % (kBM / 4), co = co0 + cl, m = m0 + quad * 4;
+        if (co < a.Co && m < a.M) {
+          const int n = m / a.P, p = m - n * a.P;
+          *reinterpret_cast<float4*>(out + (static_cast<int64_t>(n) * a.Co + co) * a.P + p) =
+              *reinterpret_cast<const float4*>(stg + cl * kStgF + quad * 4);
+        }
+      }
+    } else {
+      for (int i = tid; i < kBN * kBM; i += kThreads) {
+        const int cl = i / kBM, rl = i % kBM, co = co0 + cl, m = m0 + rl;
+        if (co < a.Co && m < a.M) {
+          const int n = m / a.P, p = m - n * a.P;
+          out[(static_cast<int64_t>(n) * a.Co + co) * a.P + p] = stg[cl * kStgF + rl];
+        }
+      }
+    }
+  }
+#else
+  __trap();  // the host only launches this on sm_80+
+#endif
+}
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+int compute_major(int device) {
+  static std::atomic<int> cache[64];  // 0: not asked yet
+  if (device < 0 || device >= 64) return 0;
+  int v = cache[device].load(std::memory_order_relaxed);
+  if (v == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, device));
+    cache[device].store(v, std::memory_order_relaxed);
+  }
+  return v;
+}
+
+}  // namespace
+
+bool int8_conv_mma_supported(const ConvGeom& g, int device) {
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  constexpr int64_t kSmall = int64_t(1) << 28;  // geometry terms, so ih0 + r dh etc. cannot overflow
+  const int64_t Cp = round_up(g.Ci, 32), taps = g.kh * g.kw, Co_pad = round_up(g.Co, kBN);
+  const int64_t Kpad = round_up(taps * Cp, kBK);
+  for (int64_t v : {g.H, g.W, g.Ci, g.Co, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.Ho, g.Wo,
+                    g.sh * g.Ho, g.sw * g.Wo, g.dh * g.kh, g.dw * g.kw})
+    if (v >= kSmall) return false;
+  return compute_major(device) >= 8 && g.H * g.W * Cp <= kMax &&  // NHWC offsets inside one image
+         g.N * g.Ho * g.Wo <= kMax - kBM &&                         // M and m0 + 127
+         g.N * g.H * g.W <= kMax && Co_pad * Kpad <= kMax &&
+         (Co_pad / kBN) <= 65535 && Kpad <= kMax;
+}
+
+void int8_conv_mma_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, const at::Tensor& bias,
+                        const ConvGeom& g, const Int8ConvEpilogue& e, at::Tensor& out) {
+  const int64_t Cp = round_up(g.Ci, 32), C32 = Cp / 32, taps = g.kh * g.kw, HW = g.H * g.W;
+  const int64_t KC = taps * C32, nk = (KC + 1) / 2, Kpad = nk * kBK, Co_pad = round_up(g.Co, kBN);
+  const int64_t M = g.N * g.Ho * g.Wo, P = g.Ho * g.Wo;
+  // one workspace: NHWC input, repacked weights, per-channel constants (256-byte aligned pieces)
+  const int64_t xh_bytes = round_up(g.N * HW * Cp, 256), wp_bytes = round_up(Co_pad * Kpad, 256);
+  at::Tensor ws = at::empty({xh_bytes + wp_bytes + 3 * Co_pad * 4}, x.options().dtype(at::kByte));
+  auto* base = ws.mutable_data_ptr<uint8_t>();
+  int8_t* xh = reinterpret_cast<int8_t*>(base);
+  int8_t* wp = reinterpret_cast<int8_t*>(base + xh_bytes);
+  int32_t* corr = reinterpret_cast<int32_t*>(base + xh_bytes + wp_bytes);
+  float* mult = reinterpret_cast<float*>(corr + Co_pad);
+  float* biasc = mult + Co_pad;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+
+  PrepArgs pa{};
+  pa.x = x.const_data_ptr<int8_t>();
+  pa.xh = xh;
+  pa.w = w.const_data_ptr<int8_t>();
+  pa.wp = wp;
+  pa.w_scale = w_scale.const_data_ptr<float>();
+  pa.bias = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+  pa.corr = corr;
+  pa.mult = mult;
+  pa.bias_out = biasc;
+  pa.Ci = static_cast<int>(g.Ci);
+  pa.HW = static_cast<int>(HW);
+  pa.Cp = static_cast<int>(Cp);
+  pa.C32 = static_cast<int>(C32);
+  const int64_t tilesP = (HW + kPrepPix - 1) / kPrepPix, nT = g.N * tilesP * C32;
+  const int64_t nW = Co_pad / (kPrepThreads / 32);
+  TORCH_CHECK_VALUE(nT + nW <= std::numeric_limits<int32_t>::max(), "phasor::int8_conv2d: input too large for one grid");
+  pa.tilesP = static_cast<int>(tilesP);
+  pa.nT = static_cast<int>(nT);
+  pa.Co = static_cast<int>(g.Co);
+  pa.taps = static_cast<int>(taps);
+  pa.Kpad = static_cast<int>(Kpad);
+  pa.x_zp = e.x_zp;
+  pa.x_scale = e.x_scale;
+  pa.vec_in = HW % 16 == 0 && reinterpret_cast<uintptr_t>(pa.x) % 16 == 0;
+  int8_conv_prep_kernel<<<static_cast<unsigned>(nT + nW), kPrepThreads, 0, stream>>>(pa);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+  MmaArgs ma{};
+  ma.xh = xh;
+  ma.wp = wp;
+  ma.corr = corr;
+  ma.mult = mult;
+  ma.bias = biasc;
+  ma.out = out.mutable_data_ptr();
+  ma.H = static_cast<int>(g.H);
+  ma.W = static_cast<int>(g.W);
+  ma.Cp = static_cast<int>(Cp);
+  ma.C32 = static_cast<int>(C32);
+  ma.kh = static_cast<int>(g.kh);
+  ma.kw = static_cast<int>(g.kw);
+  ma.sh = static_cast<int>(g.sh);
+  ma.sw = static_cast<int>(g.sw);
+  ma.ph = static_cast<int>(g.ph);
+  ma.pw = static_cast<int>(g.pw);
+  ma.dh = static_cast<int>(g.dh);
+  ma.dw = static_cast<int>(g.dw);
+  ma.Wo = static_cast<int>(g.Wo);
+  ma.P = static_cast<int>(P);
+  ma.M = static_cast<int>(M);
+  ma.Co = static_cast<int>(g.Co);
+  ma.nk = static_cast<int>(nk);
+  ma.Kpad = static_cast<int>(Kpad);
+  ma.zp4 = static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(e.x_zp))) * 0x01010101u;
+  ma.inv_out = e.inv_out;
+  ma.out_zp = static_cast<float>(e.out_zp);
+  ma.act = e.act;
+  const bool aligned = reinterpret_cast<uintptr_t>(ma.out) % 16 == 0;
+  ma.vec_out = aligned && P % (e.int8_out ? 16 : 4) == 0;
+  const dim3 grid(static_cast<unsigned>((M + kBM - 1) / kBM), static_cast<unsigned>(Co_pad / kBN));
+  if (e.int8_out)
+    int8_conv_mma_kernel<true><<<grid, kThreads, 0, stream>>>(ma);
+  else
+    int8_conv_mma_kernel<false><<<grid, kThreads, 0, stream>>>(ma);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace phasor::qpde
