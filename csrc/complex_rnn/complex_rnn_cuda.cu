@@ -55,7 +55,7 @@ __device__ __forceinline__ float phase_of(float re, float im) {
 }
 
 // Shared memory: xr, xi, tr, ti, om, mk ([H * W] each), then gh [2 rh + 1], gw [2 rw + 1].
-__global__ void __launch_bounds__(kThreads) cvrnn_run_kernel(Params p, float sigma) {
+__global__ void __launch_bounds__(kThreads) cvrnn_run_kernel(Params p, double sigma) {
   extern __shared__ __align__(16) float smem[];
   const int H = p.H, W = p.W, HW = H * W;
   float* xr = smem;
@@ -68,13 +68,15 @@ __global__ void __launch_bounds__(kThreads) cvrnn_run_kernel(Params p, float sig
   float* gw = gh + 2 * p.rh + 1;
   const int64_t b = blockIdx.x;
   const int64_t T = p.stop - p.start;
+  // Taps in double, rounded once to float: the CPU kernel's and the reference's float taps exactly
+  // (expf in float differs by an ulp or two, a systematic error in every coupling product).
   for (int k = threadIdx.x; k <= 2 * p.rh; k += blockDim.x) {
-    const float d = float(k - p.rh) / float(H);
-    gh[k] = expf(-d * d / (2.f * sigma * sigma));
+    const double d = double(k - p.rh) / double(H);
+    gh[k] = float(exp(-d * d / (2.0 * sigma * sigma)));
   }
   for (int k = threadIdx.x; k <= 2 * p.rw; k += blockDim.x) {
-    const float d = float(k - p.rw) / float(W);
-    gw[k] = expf(-d * d / (2.f * sigma * sigma));
+    const double d = double(k - p.rw) / double(W);
+    gw[k] = float(exp(-d * d / (2.0 * sigma * sigma)));
   }
   for (int j = threadIdx.x; j < HW; j += blockDim.x) {
     const c10::complex<float> x = p.x0[b * HW + j];
@@ -126,7 +128,8 @@ __global__ void __launch_bounds__(kThreads) cvrnn_run_kernel(Params p, float sig
     }
     // block_reduce's barriers also order this step's writes of X before the next step's reads
     m2 = block_reduce(m2, MaxOp{});
-    s = (p.renorm && m2 > 0.f) ? rsqrtf(m2) : 1.f;
+    // 1 / sqrt as the CPU kernel (rsqrtf is 2 ulp off and scales every saved state by that)
+    s = (p.renorm && m2 > 0.f) ? 1.f / sqrtf(m2) : 1.f;
     if (t >= p.start) {
       const int64_t o = (b * T + (t - p.start)) * HW;
       for (int j = threadIdx.x; j < HW; j += blockDim.x) {
@@ -173,13 +176,16 @@ at::Tensor cvrnn_run_cuda(const at::Tensor& x0_in, const at::Tensor& omega_in, c
   p.alpha = float(alpha);
   p.renorm = renorm;
   const int64_t bytes = (6 * d.HW() + 2 * (p.rh + p.rw + 1)) * int64_t(sizeof(float));
-  const int64_t limit = smem_limit(x0.device().index());
+  // the opt-in limit covers static shared memory too (block_reduce's buffer)
+  cudaFuncAttributes attr{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, cvrnn_run_kernel));
+  const int64_t limit = smem_limit(x0.device().index()) - int64_t(attr.sharedSizeBytes);
   TORCH_CHECK(bytes <= limit, op, ": the CUDA kernel keeps one ", d.H, " x ", d.W, " image's state in shared memory (",
               bytes, " bytes), more than this device's ", limit, " bytes per block; use smaller images or the CPU");
   if (bytes > kDefaultSmem)
     C10_CUDA_CHECK(cudaFuncSetAttribute(cvrnn_run_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
   auto stream = c10::cuda::getCurrentCUDAStream();
-  cvrnn_run_kernel<<<grid_for(d.B, op, "images"), kThreads, bytes, stream>>>(p, float(sigma));
+  cvrnn_run_kernel<<<grid_for(d.B, op, "images"), kThreads, bytes, stream>>>(p, sigma);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
