@@ -418,12 +418,14 @@ ln_fwd_kernel(const LnView<T> v, const acc_t<T>* __restrict__ weight, const acc_
     mean[b] = static_cast<A>(mu);
     rstd[b] = static_cast<A>(rs);
   }
-  const A mu_a = static_cast<A>(mu), rs_a = static_cast<A>(rs);
   T* out_row = out + b * v.n * C;
   T* mag_row = mag + b * C;
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
     const auto t = site_terms<T, false, false>(psi + c, C, chi + c, nullptr, 0, v.rbias + c, C, v.n);
-    const A mh = relu((t.m - mu_a) * rs_a * weight[c] + bias[c]);
+    // xhat in double from the double statistics, rounded once: the CPU kernel's order (a float mean
+    // would cancel against m and lose the low bits of small xhat)
+    const A xh = static_cast<A>((static_cast<double>(t.m) - mu) * rs);
+    const A mh = relu(xh * weight[c] + bias[c]);
     mag_row[c] = static_cast<T>(mh);
     const A f = mh / clamp_norm(dsqrt(t.ysq));
     for (int64_t k = 0; k < v.n; ++k) {
