@@ -15,6 +15,8 @@
 // Arithmetic in float32 (storage float32, float16 or bfloat16; geometry float32). This is a SIMT
 // kernel (FFMA, no tensor-core MMA): correct on sm_80/sm_90a, not yet tuned towards FlashAttention speed.
 #include "gta/gta.h"
+#include "gta/gta_cuda_geometry.cuh"
+#include "gta/gta_cuda_mma.h"
 
 #include "common/cuda_host.h"
 #include "common/cuda_utils.cuh"
@@ -34,7 +36,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <optional>
+#include <string_view>
 
 namespace phasor::gta {
 namespace {
@@ -46,62 +50,16 @@ constexpr int kTile = 32;              // keys (or queries) per shared-memory ti
 constexpr int kMaxD = 128;             // head dims the CUDA kernels take
 constexpr int kPerLane = kMaxD / 32;   // output channels per lane
 
-struct Shape {
-  int B, H, Nq, Nk, d, triv, se3, so3, so2, Vq, Vk, tq, tk;
-};
-
-struct GeoPtrs {
-  const float *q_se3, *k_se3, *q_so3, *k_so3, *q_pos, *k_pos, *freqs;
-};
-
-struct TokenOp {
-  const float* m4;
-  const float* m8;
-  const float* pos;
-  bool transpose;
-  float sign;
-};
-
-__device__ __forceinline__ TokenOp q_op(const Shape& S, const GeoPtrs& g, int b, int i, bool tr, float sign) {
-  const int64_t view = int64_t(b) * S.Vq + i / S.tq;
-  return {g.q_se3 + view * 16, g.q_so3 + view * 64, g.q_pos + (int64_t(b) * S.Nq + i) * 2, tr, sign};
-}
-__device__ __forceinline__ TokenOp k_op(const Shape& S, const GeoPtrs& g, int b, int j, bool tr, float sign) {
-  const int64_t view = int64_t(b) * S.Vk + j / S.tk;
-  return {g.k_se3 + view * 16, g.k_so3 + view * 64, g.k_pos + (int64_t(b) * S.Nk + j) * 2, tr, sign};
-}
+using dev::apply_channel;
+using dev::GeoPtrs;
+using dev::k_op;
+using dev::q_op;
+using dev::Shape;
+using dev::TokenOp;
 
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(c10::Half x) { return static_cast<float>(x); }
 __device__ __forceinline__ float to_f(c10::BFloat16 x) { return static_cast<float>(x); }
-
-// Channel c of y = blockdiag(I, M4 | M4^T, M8 | M8^T, R(sign * phi)) x, x(cc) reading input channel cc.
-template <typename X>
-__device__ __forceinline__ float apply_channel(const Shape& S, const float* freqs, const TokenOp& op, X x, int c) {
-  if (c < S.triv) return x(c);
-  int o = S.triv;
-  if (c < o + S.se3) {
-    const int base = o + ((c - o) & ~3), r = (c - o) & 3;
-    float acc = 0.f;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) acc += (op.transpose ? op.m4[k * 4 + r] : op.m4[r * 4 + k]) * x(base + k);
-    return acc;
-  }
-  o += S.se3;
-  if (c < o + S.so3) {
-    const int base = o + ((c - o) & ~7), r = (c - o) & 7;
-    float acc = 0.f;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) acc += (op.transpose ? op.m8[k * 8 + r] : op.m8[r * 8 + k]) * x(base + k);
-    return acc;
-  }
-  o += S.so3;
-  const int p = (c - o) >> 1;
-  float sn, cs;
-  sincosf(op.sign * op.pos[p & 1] * freqs[p >> 1], &sn, &cs);
-  const float x0 = x(o + 2 * p), x1 = x(o + 2 * p + 1);
-  return ((c - o) & 1) ? sn * x0 + cs * x1 : cs * x0 - sn * x1;
-}
 
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
@@ -449,6 +407,23 @@ void dispatch_storage(at::ScalarType st, F&& f) {
   }
 }
 
+// PHASOR_GTA_CUDA_KERNEL picks the forward kernel: unset, "" or "auto" = tensor cores where they apply
+// (float16/bfloat16, head dim 32/64/96/128, sm_80+), else SIMT; "simt" = always SIMT; "mma_onload" /
+// "mma_prepass" = tensor cores with K~, V~ transformed on load / by a pre-pass (where they apply).
+// Read on every call (getenv costs far less than a launch), so tests can switch it per call.
+enum class KernelChoice { kAuto, kSimt, kMmaOnLoad, kMmaPrepass };
+
+KernelChoice kernel_choice() {
+  const char* env = std::getenv("PHASOR_GTA_CUDA_KERNEL");
+  const std::string_view s = env ? env : "";
+  if (s.empty() || s == "auto" || s == "mma") return KernelChoice::kAuto;
+  if (s == "simt") return KernelChoice::kSimt;
+  if (s == "mma_onload") return KernelChoice::kMmaOnLoad;
+  if (s == "mma_prepass") return KernelChoice::kMmaPrepass;
+  TORCH_CHECK_VALUE(false, "phasor::gta_attention: PHASOR_GTA_CUDA_KERNEL must be auto, mma, simt, mma_onload or "
+                    "mma_prepass, got '", s, "'");
+}
+
 std::tuple<at::Tensor, at::Tensor> gta_fwd_cuda(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
                                                 const at::Tensor& q_se3, const at::Tensor& k_se3,
                                                 const at::Tensor& q_so3, const at::Tensor& k_so3,
@@ -469,6 +444,15 @@ std::tuple<at::Tensor, at::Tensor> gta_fwd_cuda(const at::Tensor& q_, const at::
   auto out = at::empty(q.sizes(), q.options());
   auto lse = at::empty({D.B, D.H, D.Nq}, q.options().dtype(at::kFloat));
   if (q.numel() == 0) return {out, lse};
+  const KernelChoice choice = kernel_choice();
+  if (choice != KernelChoice::kSimt &&
+      gta_fwd_mma_supported(q.scalar_type(), D.d, D.Nq, q.get_device())) {
+    const MmaKvMode mode = choice == KernelChoice::kMmaOnLoad    ? MmaKvMode::kOnLoad
+                           : choice == KernelChoice::kMmaPrepass ? MmaKvMode::kPrepass
+                                                                 : MmaKvMode::kAuto;
+    gta_fwd_mma(S, geo.ptrs(), q, k, v, mask, scale, v_transform, mode, out, lse, stream);
+    return {out, lse};
+  }
   const dim3 grid(phasor::cuda::grid_for(phasor::cuda::ceil_div<int64_t>(D.Nq, kWarps), opname, "query blocks"),
                   phasor::cuda::grid_for(D.B * D.H, opname, "(batch, head) pairs"));
   const size_t smem = sizeof(float) * (kWarps + 2 * kTile) * (D.d + 1);
