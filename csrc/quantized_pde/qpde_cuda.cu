@@ -79,12 +79,17 @@ __global__ void fq_tensor_fwd_kernel(const T* __restrict__ x, T* __restrict__ y,
     y[i] = (clampv(nearbyint(x[i] * inv) + z, qmin, qmax) - z) * s;
 }
 
+// A product nvcc may not fuse into a following add or subtract (the CPU kernel and the reference
+// round it on its own; an FMA in (xfq - x) would change ds by up to ~1e-5 relative per element).
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+
 // d x_hat / d s (without the LSQ factor) and d x_hat / d z for one element; returns grad_x.
 template <typename T>
 __device__ __forceinline__ T fq_elem_bwd(T g, T x, T s, T inv, T z, T qmin, T qmax, double& ss, double& sz) {
   const T q = nearbyint(x * inv) + z;
   const bool lo = q < qmin, hi = q > qmax;
-  const T xfq = (clampv(q, qmin, qmax) - z) * s;
+  const T xfq = mul_rn(clampv(q, qmin, qmax) - z, s);
   const T ds = lo ? qmin - z : (hi ? qmax - z : (xfq - x) * inv);
   ss += double(g * ds);
   if (lo || hi) {

@@ -6,9 +6,14 @@
 * int8_conv2d at U-Net/ResNet layer shapes (batch 8, 64 channels, 128 x 128; 3x3 and 1x1) with
   the ReLU + requantise epilogue: the fused int8 op vs the float32 conv (oneDNN), PyTorch's
   quantized conv (fbgemm, quint8 x qint8 per channel) and the eager dequantise-float-requantise
-  reference. Speedups are reported against the float32 conv.
+  reference. Speedups are reported against the float32 conv on CPU. On CUDA the baseline is the
+  cuDNN float16 conv (+ ReLU) on NCHW tensors, the GPU target's peer; the same conv on
+  channels_last tensors (often cuDNN's faster layout), the float32 conv and the op's dp4a
+  fallback kernel (PHASOR_QPDE_CUDA_KERNEL=dp4a) are timed too.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +97,17 @@ def _int8_conv_case(device, N, C, H, k):
                                                    os_, oz),
         "torch.conv2d float32": lambda: torch.relu(F.conv2d(xf, wf, bias, 1, pad)),
     }
+    baseline = "torch.conv2d float32"
+    if device == "cuda":
+        xh, wh, bh = xf.half(), wf.half(), bias.half()
+        xh_cl, wh_cl = xh.contiguous(memory_format=torch.channels_last), wh.contiguous(memory_format=torch.channels_last)
+        # cudnn.benchmark: cuDNN times its algorithms on the first (warm-up) call, the strongest baseline
+        impls["torch.conv2d float16 (cuDNN)"] = lambda: _cudnn_benchmark(
+            lambda: torch.relu(F.conv2d(xh, wh, bh, 1, pad)))
+        impls["torch.conv2d float16 channels_last (cuDNN)"] = lambda: _cudnn_benchmark(
+            lambda: torch.relu(F.conv2d(xh_cl, wh_cl, bh, 1, pad)))
+        impls["fused dp4a"] = lambda: _with_env("PHASOR_QPDE_CUDA_KERNEL", "dp4a", impls["fused"])
+        baseline = "torch.conv2d float16 (cuDNN)"
     if device == "cpu" and "fbgemm" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "fbgemm"
         qx = torch._make_per_tensor_quantized_tensor((x.int() + 128).to(torch.uint8), xs, zp + 128)
@@ -104,8 +120,33 @@ def _int8_conv_case(device, N, C, H, k):
         return bool((a.int() - b.int()).abs().max() <= 1)
 
     runners = {k: (lambda f=f: torch.no_grad()(f)()) for k, f in impls.items()}
-    return Case(runners, check, baseline="torch.conv2d float32",
-                note=f"N={N} C={C} {H}x{H} k={k}, ReLU + requantise epilogue; float32 conv on the dequantised tensors")
+    note = f"N={N} C={C} {H}x{H} k={k}, ReLU + requantise epilogue; float32 conv on the dequantised tensors"
+    if device == "cuda":
+        note = f"N={N} C={C} {H}x{H} k={k}, ReLU + requantise epilogue; baseline the float16 cuDNN conv (+ ReLU)"
+    return Case(runners, check, baseline=baseline, note=note)
+
+
+def _cudnn_benchmark(fn):
+    """fn() with torch.backends.cudnn.benchmark on, restored afterwards (no effect on other cases)."""
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        return fn()
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
+def _with_env(name, value, fn):
+    """fn() with os.environ[name] = value (the op reads it per call), then the old value back."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        return fn()
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
 
 
 register("fake_quant_per_tensor", "x4x64x64x64_fwdbwd")(lambda d: _fq_tensor_case(d, (4, 64, 64, 64)))
