@@ -242,3 +242,55 @@ def test_cuda_rejects_complex128_and_matches_cpu_on_images():
         truth = ops.cvrnn_run(x0.cpu().to(torch.complex128), omega.cpu().double(), 0.5, sigma, 140, mask=mask.cpu(),
                               save_start=80, save_stop=121, save_phase=True)
         assert phasor_error(gpu.cpu(), truth) <= 2 * phasor_error(cpu, truth) + 1e-6
+
+
+@requires_cuda
+def test_cuda_large_image_near_the_shared_memory_limit():
+    """A 90 x 97 image keeps ~210 KB of state in shared memory (the opt-in path, just under the
+    H100/H200 limit of 227 KB): still the reference's result, for both couplings."""
+    B, H, W = 2, 90, 97
+    need = 6 * H * W * 4 + 2 * (H + W) * 4
+    if torch.cuda.get_device_properties(0).shared_memory_per_block_optin < need + 1024:
+        pytest.skip("needs a GPU with ~211 KB of shared memory per block (H100/H200)")
+    x0, omega, mask = node_inputs((B, H, W), torch.complex64, device="cuda")
+    for sigma in (0.0313, 0.9):
+        out = ops.cvrnn_run(x0, omega, 0.5, sigma, 12, mask=mask, save_start=10)
+        check_against_reference(
+            out, lambda x, o, m: ref.run_separable_ref(x.cpu(), o.cpu(), m.cpu(), 0.5, sigma, 12, True, 10, 13),
+            x0, omega, mask, False)
+
+
+@requires_cuda
+def test_cuda_image_too_large_for_shared_memory_is_a_clear_error():
+    x0, omega, _ = node_inputs((1, 160, 160), torch.complex64, masked=False, device="cuda")
+    with pytest.raises(RuntimeError, match="shared memory"):
+        ops.cvrnn_run(x0, omega, 0.5, 0.1, 3)
+
+
+@requires_cuda
+def test_cuda_dense_op_is_cpu_only():
+    """cvrnn_run_dense has no CUDA kernel (documented CPU only): a clear dispatcher error, not a crash."""
+    x0, omega, _ = node_inputs((2, 1, 6), torch.complex64, masked=False, device="cuda")
+    K = torch.randn(6, 6, device="cuda")
+    with pytest.raises(NotImplementedError, match="CUDA"):
+        ops.cvrnn_run_dense(x0.reshape(2, 6), omega.reshape(2, 6), K, 3)
+
+
+@requires_cuda
+def test_cuda_graphs_reduce_overhead():
+    """torch.compile(mode="reduce-overhead") replays CUDA graphs: a launch off the current stream
+    would give stale or wrong results (pytorch/pytorch#157363). The op between two ordinary kernels,
+    several calls with new inputs."""
+    lin = torch.nn.Linear(8, 8).cuda()
+
+    def f(x0, omega, mask):
+        ph = ops.cvrnn_run(x0, omega * 2, 0.5, 0.1, 12, mask=mask, save_start=4, save_phase=True)
+        return lin(torch.cos(ph).mean(1))
+    torch._dynamo.reset()
+    compiled = torch.compile(f, mode="reduce-overhead", fullgraph=True)
+    for i in range(4):
+        x0, omega, mask = node_inputs((3, 8, 8), torch.complex64, seed=i, device="cuda")
+        with torch.no_grad():
+            got = compiled(x0, omega, mask).clone()
+            want = f(x0, omega, mask)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -301,3 +301,95 @@ def test_bn_channel_major_and_plane_parallel_schedules_agree_bitwise(lift):
         torch.set_num_threads(before)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- CUDA-only paths
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("lift", [False, True])
+@pytest.mark.parametrize("n", [9, 17])
+def test_bn_cuda_more_rotation_dims_than_one_chunk(n, lift, training, dtype):
+    """The CUDA BN backward handles the rotation dims 8 at a time (kRotChunk): n = 9 and 17 leave
+    partial chunks, and n = 10 is the Pascal / FoodSeg configuration."""
+    d = bn_inputs((3, n, 5, 7, 9), lift, "cuda", dtype)
+    compare_with_reference(fused_bn, ref_bn, bn_args(d, training), dtype, frozen=STATS)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ln_cuda_several_rows_per_block(dtype):
+    """The CUDA LN backward gives each block ceil(B / 1024) rows (B = 2100: 3 rows, last block 1),
+    accumulating the parameter-gradient partials in place across them."""
+    g = torch.Generator().manual_seed(4)
+    b, n, c = 2100, 3, 7
+    args = [torch.randn(b, n, c, generator=g, dtype=torch.float64), torch.rand(b, c, generator=g, dtype=torch.float64),
+            torch.randn(n, c, generator=g, dtype=torch.float64), 1 + torch.rand(c, generator=g, dtype=torch.float64),
+            torch.randn(c, generator=g, dtype=torch.float64)]
+    args = [a.to(device="cuda", dtype=dtype) for a in args]
+    compare_with_reference(ops.rot_ln_epilogue, ref.rot_ln_epilogue_ref, args, dtype)
+
+
+@requires_cuda
+@pytest.mark.parametrize("lift", [False, True])
+def test_cuda_matches_cpu_and_repeats_bitwise(lift):
+    """Same inputs on CPU and CUDA (float64: the two kernels agree to rounding), and two CUDA runs of
+    the forward and backward ops give identical bits (fixed reduction order, no atomics)."""
+    d = bn_inputs((4, 10, 6, 9, 11), lift, "cpu", torch.float64)
+    outs = {}
+    for dev in ("cpu", "cuda", "cuda"):
+        a = [t.to(dev) if isinstance(t, torch.Tensor) else t for t in bn_args(d, True)]
+        fwd = torch.ops.phasor.rot_bn_fwd(*a, 1e-5)
+        g = torch.cos(torch.arange(fwd[0].numel(), dtype=torch.float64, device=dev)).reshape(fwd[0].shape)
+        bwd = torch.ops.phasor.rot_bn_bwd(g, fwd[1] * 0.3, a[0], a[1], a[2], a[3], a[4], fwd[2], fwd[3], True, 1e-5)
+        res = [t.cpu() for t in (*fwd, *bwd)]
+        if dev in outs:
+            assert all(torch.equal(x, y) for x, y in zip(res, outs[dev]))
+        outs[dev] = res
+    for x, y in zip(outs["cuda"], outs["cpu"]):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
+    la = [torch.randn(5, 10, 300, dtype=torch.float64), torch.rand(5, 300, dtype=torch.float64),
+          torch.randn(10, 300, dtype=torch.float64), torch.rand(300, dtype=torch.float64) + 1,
+          torch.randn(300, dtype=torch.float64)]
+    cpu = ops.rot_ln_epilogue(*la)
+    cuda = ops.rot_ln_epilogue(*[t.cuda() for t in la])
+    torch.testing.assert_close([t.cpu() for t in cuda], list(cpu), rtol=1e-10, atol=1e-10)
+
+
+class _LinearThenEpilogues(torch.nn.Module):
+    """nn.Linear producing psi and chi, then both epilogues: ordinary kernels interleaved with the ops."""
+
+    def __init__(self, n=4, c=3, w=5):
+        super().__init__()
+        self.lin = torch.nn.Linear(w, w)
+        self.epi = _TwoEpilogues(n, c)
+
+    def forward(self, x):
+        psi = self.lin(x)
+        return self.epi(psi, psi.norm(dim=1))
+
+
+@requires_cuda
+@pytest.mark.parametrize("training", [False, True])
+def test_cuda_graphs_reduce_overhead(training):
+    """torch.compile(mode="reduce-overhead") replays CUDA graphs: a launch off the current stream
+    would give stale or wrong results (pytorch/pytorch#157363). Several calls, forward and backward,
+    in float64 so that compiled and eager differ only by rounding."""
+    torch.manual_seed(0)
+    mod = _LinearThenEpilogues().cuda().double().train(training)
+    ref_mod = _LinearThenEpilogues().cuda().double().train(training)
+    ref_mod.load_state_dict(mod.state_dict())
+    torch._dynamo.reset()
+    compiled = torch.compile(mod, mode="reduce-overhead", fullgraph=True)
+    for i in range(4):
+        x = torch.randn(6, 4, 3, 5, 5, device="cuda", dtype=torch.float64) * (1 + i)
+        out_c = compiled(x)
+        loss_c = sum(o.square().sum() for o in out_c)
+        grads_c = [g.clone() for g in torch.autograd.grad(loss_c, list(mod.parameters()))]
+        out_c = [o.clone() for o in out_c]
+        out_e = ref_mod(x)
+        grads_e = torch.autograd.grad(sum(o.square().sum() for o in out_e), list(ref_mod.parameters()))
+        torch.testing.assert_close(out_c, list(out_e), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(grads_c, list(grads_e), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(mod.epi.bn.running_mean, ref_mod.epi.bn.running_mean)
+    torch.testing.assert_close(mod.epi.bn.running_var, ref_mod.epi.bn.running_var)

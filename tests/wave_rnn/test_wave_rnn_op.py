@@ -204,3 +204,81 @@ def test_cuda_bf16_drift_over_long_sequences():
     rel = (h16 - h32).abs().max() / h32.abs().max()
     print(f"bf16 state drift over T={T}: max relative deviation of h_T {rel:.2e}")
     assert rel < 2e-2
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape", [(3, 2, 16, 64, 3), (3, 2, 32, 64, 3)])
+def test_cuda_projected_with_global_memory_fallbacks(shape):
+    """float64 with n_inp = 16: at c = 16, n = 64 the backward's V^T no longer fits in shared memory
+    (read from global); at c = 32 neither V^T nor the dV accumulators do (kept in the per-sample
+    scratch), in both directions."""
+    d = rec_inputs(shape, "cuda", torch.float64, n_inp=16)
+    for act in ("relu", "tanh"):
+        compare_with_reference(ops.wave_rnn_projected, ref.wave_rnn_projected_ref, proj_args(d, act), torch.float64)
+
+
+@requires_cuda
+def test_cuda_state_too_large_for_shared_memory_is_a_clear_error():
+    d = rec_inputs((2, 1, 128, 512, 3), "cuda", torch.float32)
+    with pytest.raises(RuntimeError, match="shared memory"):
+        ops.wave_rnn(*plain_args(d, "relu"))
+
+
+@requires_cuda
+@pytest.mark.parametrize("n_inp", [None, 3])
+def test_cuda_backward_matches_cpu_and_repeats_bitwise(n_inp):
+    """float64 forward and backward on CUDA equal the CPU's to rounding; two CUDA runs give identical
+    bits (per-sample partials summed in batch order, no atomics)."""
+    d = rec_inputs((9, 5, 6, 50, 3), "cpu", torch.float64, n_inp=n_inp)
+    fn, args = (ops.wave_rnn, plain_args) if n_inp is None else (ops.wave_rnn_projected, proj_args)
+    runs = []
+    for dev in ("cpu", "cuda", "cuda"):
+        a = [t.to(dev).requires_grad_() if isinstance(t, torch.Tensor) else t for t in args({k: v for k, v in d.items()}, "tanh")]
+        leaves = [t for t in a if isinstance(t, torch.Tensor)]
+        H = fn(*a)
+        cot = torch.cos(torch.arange(H.numel(), dtype=torch.float64, device=dev)).reshape(H.shape)
+        runs.append([t.detach().cpu() for t in (H, *torch.autograd.grad(H, leaves, cot))])
+    for x, y in zip(runs[1], runs[2]):
+        assert torch.equal(x, y)
+    for x, y in zip(runs[1], runs[0]):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
+
+
+class _EncodeRecurDecode(torch.nn.Module):
+    """nn.Linear input projection, the fused recurrence, nn.Linear readout of h_T."""
+
+    def __init__(self, n_inp=3, c=4, n=16, n_out=5):
+        super().__init__()
+        self.c, self.n = c, n
+        self.enc = torch.nn.Linear(n_inp, c * n)
+        self.weight = torch.nn.Parameter(torch.randn(c, c, 3) * 0.3)
+        self.bias = torch.nn.Parameter(torch.randn(c) * 0.1)
+        self.dec = torch.nn.Linear(c * n, n_out)
+
+    def forward(self, x):
+        T, B = x.shape[:2]
+        u = self.enc(x).view(T, B, self.c, self.n)
+        H = ops.wave_rnn(u, self.weight, self.bias, None, "tanh")
+        return self.dec(H[-1].reshape(B, -1))
+
+
+@requires_cuda
+def test_cuda_graphs_reduce_overhead():
+    """torch.compile(mode="reduce-overhead") replays CUDA graphs: a launch off the current stream
+    would give stale or wrong results (pytorch/pytorch#157363). Several calls, forward and backward,
+    in float64 so that compiled and eager differ only by rounding."""
+    torch.manual_seed(0)
+    mod = _EncodeRecurDecode().cuda().double()
+    ref_mod = _EncodeRecurDecode().cuda().double()
+    ref_mod.load_state_dict(mod.state_dict())
+    torch._dynamo.reset()
+    compiled = torch.compile(mod, mode="reduce-overhead", fullgraph=True)
+    for i in range(4):
+        x = torch.randn(12, 3, 3, device="cuda", dtype=torch.float64) * (1 + i)
+        out_c = compiled(x)
+        grads_c = [g.clone() for g in torch.autograd.grad(out_c.square().sum(), list(mod.parameters()))]
+        out_c = out_c.clone()
+        out_e = ref_mod(x)
+        grads_e = torch.autograd.grad(out_e.square().sum(), list(ref_mod.parameters()))
+        torch.testing.assert_close(out_c, out_e, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(grads_c, list(grads_e), rtol=1e-9, atol=1e-9)
