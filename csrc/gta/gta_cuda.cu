@@ -12,8 +12,10 @@
 // (batch, view) forms the SE(3) block gradients in a fixed order, and an elementwise kernel applies
 // the transposed transforms. No atomics: results are deterministic.
 //
-// Arithmetic in float32 (storage float32, float16 or bfloat16; geometry float32). This is a SIMT
-// kernel (FFMA, no tensor-core MMA): correct on sm_80/sm_90a, not yet tuned towards FlashAttention speed.
+// Arithmetic in float32 (storage float32, float16 or bfloat16; geometry float32). These are SIMT
+// kernels (FFMA, no tensor-core MMA). float16/bfloat16 forwards with head dim 32/64/96/128 go to the
+// tensor-core kernel of gta_cuda_mma.cu instead (same outputs and contract; PHASOR_GTA_CUDA_KERNEL below).
+// The per-token geometry (apply_channel) is shared with it in gta_cuda_geometry.cuh.
 #include "gta/gta.h"
 #include "gta/gta_cuda_geometry.cuh"
 #include "gta/gta_cuda_mma.h"

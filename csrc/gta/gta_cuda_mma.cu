@@ -249,8 +249,7 @@ __global__ void __launch_bounds__(kThreads) gta_fwd_mma_kernel(const Args<T> A) 
 
   uint32_t qa[kKS][4];
   {
-    // matrices: (rows 0-7, k lo), (rows 8-15, k lo), (rows 0-7, k hi), (rows 8-15, k hi) = a0..a3
-    const T* base = sQ + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kLd + (lane >> 4) * 8;
+    const T* base = sQ + warp * 16 * kLd + mma_layout::q_lane(lane, kLd);
 #pragma unroll
     for (int ks = 0; ks < kKS; ++ks) ldsm_x4(smem_u32(base + ks * 16), qa[ks][0], qa[ks][1], qa[ks][2], qa[ks][3]);
   }
@@ -261,13 +260,9 @@ __global__ void __launch_bounds__(kThreads) gta_fwd_mma_kernel(const Args<T> A) 
   float m_lo = -INFINITY, m_hi = -INFINITY;  // running max (base 2) of rows gr and gr + 8
   float l_lo = 0.f, l_hi = 0.f;              // this thread's part of the running sums
 
-  // lane offsets of the ldmatrix row addresses inside a tile
-  //   K (non-trans): matrices (keys 0-7, ch lo), (keys 0-7, ch hi), (keys 8-15, ch lo), (keys 8-15, ch hi)
-  //                  = (b0b1, b2b3) of n-tile 2np, then of n-tile 2np + 1
-  //   V (trans):     matrices (keys 0-7, ch lo), (keys 8-15, ch lo), (keys 0-7, ch hi), (keys 8-15, ch hi)
-  //                  = (b0b1, b2b3) of channel tile 2dp, then of 2dp + 1
-  const int k_lane = ((lane & 7) + (lane >> 4) * 8) * kLd + ((lane >> 3) & 1) * 8;
-  const int v_lane = ((lane & 7) + ((lane >> 3) & 1) * 8) * kLd + (lane >> 4) * 8;
+  // ldmatrix row addresses of this lane inside a tile (gta_cuda_mma.h)
+  const int k_lane = mma_layout::k_lane(lane, kLd);
+  const int v_lane = mma_layout::v_lane(lane, kLd);
 
 #pragma unroll 1
   for (int t = 0; t < ntiles; ++t) {

@@ -11,6 +11,21 @@ namespace phasor::gta {
 
 // How K~ = P^-1 K and V~ = P^-1 V reach shared memory: transformed on load by every query block, or
 // once per call by a pre-pass kernel into O(N) scratch that the attention kernel then copies.
+// Offsets (in elements, row stride ld) of the row address `lane` gives to ldmatrix.x4 (lanes 8m .. 8m+7
+// address matrix m), per operand of the 16-row x 16-column slice at the tile's origin:
+//   Q (A operand, non-trans): matrices (rows 0-7, cols 0-7), (rows 8-15, cols 0-7), (rows 0-7, cols 8-15),
+//     (rows 8-15, cols 8-15) = registers a0..a3 of m16n8k16;
+//   K (B operands of two n-tiles, non-trans; rows = keys): (keys 0-7, ch 0-7), (keys 0-7, ch 8-15),
+//     (keys 8-15, ch 0-7), (keys 8-15, ch 8-15) = b0, b1 of keys 0-7, then b0, b1 of keys 8-15;
+//   V (B operands of two channel tiles, .trans; rows = keys): (keys 0-7, ch 0-7), (keys 8-15, ch 0-7),
+//     (keys 0-7, ch 8-15), (keys 8-15, ch 8-15) = b0, b1 of ch 0-7, then b0, b1 of ch 8-15.
+// tests/gta/mma_layout_check.cu checks them on the host against the PTX fragment layouts.
+namespace mma_layout {
+__host__ __device__ constexpr int q_lane(int lane, int ld) { return ((lane & 7) + ((lane >> 3) & 1) * 8) * ld + (lane >> 4) * 8; }
+__host__ __device__ constexpr int k_lane(int lane, int ld) { return ((lane & 7) + (lane >> 4) * 8) * ld + ((lane >> 3) & 1) * 8; }
+__host__ __device__ constexpr int v_lane(int lane, int ld) { return ((lane & 7) + ((lane >> 3) & 1) * 8) * ld + (lane >> 4) * 8; }
+}  // namespace mma_layout
+
 enum class MmaKvMode { kAuto, kOnLoad, kPrepass };
 
 // True when the tensor-core forward takes this call: float16/bfloat16, head dim 32, 64, 96 or 128,

@@ -6,6 +6,9 @@ Impls: the fused op; `eager` = the official-style path (einsum transforms + mate
 reference.gta_attention_ref); `compile` = that path under torch.compile; `transforms+sdpa` = the same
 transforms around torch's scaled_dot_product_attention (the best library alternative: PRoPE / the DiT
 branch do this); `sdpa-no-geometry` = plain SDPA on untransformed q, k, v (the floor).
+CPU: float32. CUDA: bfloat16 q, k, v (float32 geometry), the fused op taking its tensor-core kernel, and
+`sdpa-no-geometry` pinned to SDPA's flash backend (FlashAttention-2), the GPU target's reference; the
+check there compares against the float32 reference at bfloat16 tolerance.
 """
 from __future__ import annotations
 
@@ -29,10 +32,17 @@ def transforms_sdpa(q, k, v, q_se3, k_se3, q_so3, k_so3, q_pos, k_pos, freqs, di
     return reference.transform(o, dims, q_se3, q_so3, q_pos, freqs, transpose=False, sign=-1.0) if v_transform else o
 
 
-def _inputs(device, N, H=6, B=1, V=2):
+def sdpa_flash(q, k, v, *rest):
+    """Plain SDPA restricted to the flash backend (fp16/bf16 on CUDA)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+def _inputs(device, N, H=6, B=1, V=2, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
     d = sum(DIMS)
-    q, k, v = (torch.randn(B, H, N, d, generator=g).to(device) for _ in range(3))
+    q, k, v = (torch.randn(B, H, N, d, generator=g).to(device, dtype) for _ in range(3))
     R, _ = torch.linalg.qr(torch.randn(B * V, 3, 3, generator=g, dtype=torch.float64))
     E = torch.eye(4, dtype=torch.float64).repeat(B, V, 1, 1)
     E[..., :3, :3] = (R * torch.sign(torch.linalg.det(R))[:, None, None]).reshape(B, V, 3, 3)
@@ -46,15 +56,17 @@ def _inputs(device, N, H=6, B=1, V=2):
 
 
 def _gta_case(device, N, backward):
-    args = _inputs(device, N)
+    cuda = device == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    args = _inputs(device, N, dtype=dtype)
     fused = lambda *a: ops.gta_attention(*a, DIMS)  # noqa: E731
     eager = lambda *a: reference.gta_attention_ref(*a, DIMS)[0]  # noqa: E731
     comp = compiled(eager)
     pre = lambda *a: transforms_sdpa(*a, DIMS)  # noqa: E731
-    plain = lambda q, k, v, *rest: F.scaled_dot_product_attention(q, k, v)  # noqa: E731
+    plain = sdpa_flash if cuda else (lambda q, k, v, *rest: F.scaled_dot_product_attention(q, k, v))  # noqa: E731
     impls = {"fused": fused, "eager": eager, "compile": comp, "transforms+sdpa": pre, "sdpa-no-geometry": plain}
     leaves = args[:5]
-    cot = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(1)).to(device)
+    cot = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
     if backward:
         for t in leaves:
             t.requires_grad_()
@@ -68,7 +80,22 @@ def _gta_case(device, N, backward):
             return run
         runners = {k: no_grad(f) for k, f in impls.items()}
 
+    def check_bf16():
+        """bfloat16 storage: fused and transforms+sdpa against the float32 reference on the same values."""
+        ref_leaves = [a.detach().float().requires_grad_() for a in leaves]
+        ref_args = ref_leaves + args[5:]
+        with torch.no_grad():
+            truth = eager(*ref_args)
+            ok = scaled_close(fused(*args).float(), truth, 2e-2) and scaled_close(pre(*args).float(), truth, 2e-2)
+        if not backward:
+            return ok
+        g1 = torch.autograd.grad(fused(*args), leaves, cot)
+        g2 = torch.autograd.grad(eager(*ref_args), ref_leaves, cot.float())
+        return ok and scaled_close([g.float() for g in g1], g2, 5e-2)
+
     def check():
+        if cuda:
+            return check_bf16()
         with torch.no_grad():
             ok = outputs_close(fused(*args), eager(*args), rtol=1e-4, atol=1e-4) and \
                 outputs_close(pre(*args), eager(*args), rtol=1e-4, atol=1e-4)
@@ -77,7 +104,8 @@ def _gta_case(device, N, backward):
         g1 = torch.autograd.grad(fused(*args), leaves, cot)
         g2 = torch.autograd.grad(eager(*args), leaves, cot)
         return ok and scaled_close(g1, g2, 1e-4)
-    note = f"B=1 H=6 N={N} d=64 split {DIMS}, 2 views; float32"
+    note = (f"B=1 H=6 N={N} d=64 split {DIMS}, 2 views; "
+            + ("bfloat16 (geometry float32), sdpa-no-geometry = flash backend" if cuda else "float32"))
     return Case(runners, check, note=note)
 
 
