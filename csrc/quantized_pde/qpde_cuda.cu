@@ -8,9 +8,10 @@
 // slice with a fixed-order tree into a partial, and one more launch adds the partials with a
 // fixed-order block reduction, so results do not depend on scheduling.
 //
-// Int8 conv: the tensor-core implicit GEMM of qpde_int8_conv_cuda.cu (sm_80+) wherever its index
-// limits allow; otherwise, or with PHASOR_QPDE_CUDA_KERNEL=dp4a (read on every call), the direct
-// kernel below: one thread per output element (n, co, oh, ow), input channels four at a time
+// Int8 conv: for 1x1, stride-1, unpadded convs with up to 256 input channels, the direct tensor-core
+// kernel of qpde_int8_conv_cuda.cu (reads NCHW as it is); else the tensor-core implicit GEMM with
+// its NHWC prep pass (sm_80+) wherever its index limits allow; otherwise, or with
+// PHASOR_QPDE_CUDA_KERNEL=dp4a (read on every call), the direct kernel below: one thread per output element (n, co, oh, ow), input channels four at a time
 // into one __dp4a (s8 x s8 -> s32). Both read the zero point at padded taps and remove it with
 // acc - z_x * sum(w), as on the CPU.
 #include "quantized_pde/qpde_checks.h"
@@ -311,17 +312,21 @@ __global__ void int8_conv_kernel(const int8_t* __restrict__ x, const int8_t* __r
   }
 }
 
-enum class ConvKernel { Auto, Mma, Dp4a };
+enum class ConvKernel { Auto, Mma, Mma1x1, Dp4a };
 
-// PHASOR_QPDE_CUDA_KERNEL: unset, "" or "auto" (mma where it applies, else dp4a), "mma" (an error
-// where it does not apply), "dp4a". Read on every call so tests and benchmarks can switch.
+// PHASOR_QPDE_CUDA_KERNEL: unset, "" or "auto" (mma1x1 where it applies, else mma where it applies,
+// else dp4a), "mma" (the prep + implicit-GEMM path, 1x1 convs included; an error where it does not
+// apply), "mma1x1" (the direct 1x1 path; an error where it does not apply), "dp4a". Read on every
+// call so tests and benchmarks can switch.
 ConvKernel conv_kernel_choice(const char* op) {
   const char* env = std::getenv("PHASOR_QPDE_CUDA_KERNEL");
   const std::string_view v = env ? env : "";
   if (v.empty() || v == "auto") return ConvKernel::Auto;
   if (v == "mma") return ConvKernel::Mma;
+  if (v == "mma1x1") return ConvKernel::Mma1x1;
   if (v == "dp4a") return ConvKernel::Dp4a;
-  TORCH_CHECK_VALUE(false, op, ": PHASOR_QPDE_CUDA_KERNEL must be auto, mma or dp4a, got '", std::string(v), "'");
+  TORCH_CHECK_VALUE(false, op, ": PHASOR_QPDE_CUDA_KERNEL must be auto, mma, mma1x1 or dp4a, got '", std::string(v),
+                    "'");
 }
 
 at::Tensor int8_conv_cuda(const at::Tensor& x_in, double x_scale, int64_t x_zp, const at::Tensor& w_in,
@@ -345,12 +350,22 @@ at::Tensor int8_conv_cuda(const at::Tensor& x_in, double x_scale, int64_t x_zp, 
   a.has_bias = bias.defined();
   at::Tensor out = at::empty({a.g.N, a.g.Co, a.g.Ho, a.g.Wo}, x.options().dtype(a.int8_out ? at::kChar : at::kFloat));
   if (out.numel() == 0) return out;
-  if (choice != ConvKernel::Dp4a) {
+  const Int8ConvEpilogue e{a.x_scale, a.x_zp, a.inv_out, a.out_zp, a.act, a.int8_out};
+  if (choice == ConvKernel::Auto || choice == ConvKernel::Mma1x1) {
+    const bool ok = int8_conv_1x1_supported(a.g, x.get_device());
+    TORCH_CHECK_VALUE(ok || choice == ConvKernel::Auto, op,
+                      ": PHASOR_QPDE_CUDA_KERNEL=mma1x1, but the direct path needs a 1x1 kernel, stride 1, padding "
+                      "0, at most 256 input channels, sm_80+ and int32-sized indices");
+    if (ok) {
+      int8_conv_1x1_cuda(x, w, ws, bias, a.g, e, out);
+      return out;
+    }
+  }
+  if (choice == ConvKernel::Auto || choice == ConvKernel::Mma) {
     const bool ok = int8_conv_mma_supported(a.g, x.get_device());
     TORCH_CHECK_VALUE(ok || choice == ConvKernel::Auto, op,
                       ": PHASOR_QPDE_CUDA_KERNEL=mma, but the tensor-core path needs sm_80+ and int32-sized indices");
     if (ok) {
-      const Int8ConvEpilogue e{a.x_scale, a.x_zp, a.inv_out, a.out_zp, a.act, a.int8_out};
       int8_conv_mma_cuda(x, w, ws, bias, a.g, e, out);
       return out;
     }

@@ -1,5 +1,7 @@
 // phasor::int8_conv2d on int8 tensor cores: an implicit GEMM with mma.sync m16n8k32 s8 x s8 -> s32
 // (sm_80+; inline PTX), the fused dequantise / bias / activation / requantise epilogue, NCHW output.
+// 1x1 stride-1 unpadded convs have their own kernel further down (int8_conv1x1_kernel), which
+// reads NCHW directly; what follows describes the general path.
 //
 // GEMM view: rows m = output pixels (n, oh, ow) in NCHW order (M = N Ho Wo), columns = output
 // channels (Co), reduction k = (tap (r, q), channel c) with the channels innermost, padded to
@@ -415,6 +417,259 @@ __global__ void __launch_bounds__(kThreads, 4) int8_conv_mma_kernel(const MmaArg
 #endif
 }
 
+// ------------------------------------------------------------------- direct 1x1 kernel (no prep)
+// A 1x1, stride-1, unpadded conv is per image Y[Co][HW] = W[Co][Ci] X[Ci][HW], and NCHW already
+// stores X as [channel][pixel]. This kernel reads it as it is, with no NHWC copy (the prep pass of
+// the kernel above reads and writes the whole input once more: ~2x the traffic of a 1x1 conv).
+//
+// Roles: the weights are the mma A operand (rows = output channels, row-major, k contiguous as
+// W[Co][Ci] already is), the pixels the B operand. m16n8k32 .s8 takes only .row.col, so B needs
+// 4 consecutive k of one pixel per register, while NCHW gives 4 consecutive pixels of one k.
+// ldmatrix.trans transposes 16-bit elements only, so the 8-bit transpose is done in registers:
+// a lane reads 8 pixels (LDS.64) of each of its 4 k rows 4t..4t+3 and transpose4x4 (4+4 PRMT)
+// turns them into the k quads of 8 pixels, i.e. the b register of 8 n tiles at once. A shared
+// memory transpose pass would cost an extra store + load and a barrier per stage; this costs
+// 8 PRMT per 4 B registers and no extra memory traffic.
+//
+// Tiles: 64 output channels x 128 pixels of one image per block, 4 warps of 32 x 64, 32 k per
+// pipeline stage (one k chunk), kStages1 cp.async stages. N-tile jj of warp wn holds, in column g,
+// pixel wn*64 + 8g + jj, so accumulator c[2h + e] of lane (g, t) is channel g + 8h and pixel
+// wn*64 + 16t + 8e + jj: each lane owns 16 consecutive pixels of 4 channels per m tile pair, and
+// the epilogue stores them straight from registers (one 16-byte int8 store, or four float4).
+//
+// Shared memory (dynamic, 16 KB + 2 KB per 32 input channels + 256 B):
+//   X ring [kStages1][32 k][128 B]: 16-byte chunk ch of row k at ch ^ (2 ((k >> 2) & 3)). A half
+//     warp's LDS.64 reads rows 4t + i (t = 0..3) x 32 bytes: the XOR by 2t puts the 4 rows' chunk
+//     pairs on 8 different bank groups; the cp.async writes (8 chunks of one row per quarter warp)
+//     stay a permutation of one row.
+//   W [Cp / 32][64 rows][32 B], loaded once per block (byte loads: Ci need not be a multiple of 16,
+//     channels >= Ci and rows >= Co are 0): half hf of row r at hf ^ ((r >> 2) & 1), so the 8 rows
+//     of one ldmatrix phase cover 8 bank groups.
+//   corr [64] int32: x_zp * sum(w) per row (the zero point is removed as in the kernel above).
+constexpr int k1BP = 128;                 // pixels per block
+constexpr int k1BC = 64;                  // output channels per block
+constexpr int kStages1 = 4;
+constexpr int k1StageBytes = 32 * k1BP;   // one 32-wide k chunk of 128 pixels
+constexpr int k1RingBytes = kStages1 * k1StageBytes;
+constexpr int k1WChunkBytes = k1BC * 32;  // one k chunk of the 64 weight rows
+constexpr int k1MaxCp = 256;              // resident weights <= 16 KB: total <= 48 KB, no opt-in
+
+__host__ __device__ constexpr int conv1x1_smem_bytes(int Cp) { return k1RingBytes + (Cp / 32) * k1WChunkBytes + k1BC * 4; }
+static_assert(conv1x1_smem_bytes(k1MaxCp) <= 48 * 1024, "dynamic shared memory above 48 KB needs the opt-in");
+
+struct Conv1x1Args {
+  const int8_t* x;       // [N][Ci][HW]
+  const int8_t* w;       // [Co][Ci]
+  const float* w_scale;  // [Co]
+  const float* bias;     // [Co] or nullptr
+  void* out;             // [N][Co][HW]
+  int Ci, Co, HW, nk, tilesP, x_zp;
+  float x_scale, inv_out, out_zp;
+  Act act;
+};
+
+__device__ __forceinline__ void cp_async16_cg(uint32_t dst, const void* src) {  // streamed once: L2 only
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ uint2 lds64(uint32_t addr) {
+  uint2 v;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(addr) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ uint32_t lds32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void sts32(uint32_t addr, uint32_t v) {
+  asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ void sts128(uint32_t addr, uint4 v) {
+  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+}
+
+// kVec: HW % 16 == 0 and x, out 16-byte aligned (cp.async and 16-byte stores); otherwise byte
+// loads and stores with per-pixel bounds.
+template <bool kVec, bool kInt8Out>
+__global__ void __launch_bounds__(kThreads, 4) int8_conv1x1_kernel(const Conv1x1Args a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(128) unsigned char smem1[];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp >> 1, wn = warp & 1, g = lane >> 2, t = lane & 3;
+  const int n = blockIdx.x / a.tilesP, p0 = (blockIdx.x - n * a.tilesP) * k1BP, co0 = blockIdx.y * k1BC;
+  const uint32_t sbase = smem_addr(smem1);
+  const uint32_t wbase = sbase + k1RingBytes;
+  int32_t* s_corr = reinterpret_cast<int32_t*>(smem1 + k1RingBytes + a.nk * k1WChunkBytes);
+  const int8_t* ximg = a.x + static_cast<int64_t>(n) * a.Ci * a.HW;
+
+  // ---- X loader: chunks e = tid, tid + 128 of the stage: row e / 8 (channel 32 s + row), 16 pixels at 16 (e % 8)
+  auto load_x = [&](int slot, int s) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int e = tid + kThreads * j, row = e >> 3, ch = e & 7;
+      const uint32_t dst = sbase + slot * k1StageBytes + row * k1BP + ((ch ^ (((row >> 2) & 3) << 1)) << 4);
+      const int c = s * 32 + row, p = p0 + ch * 16;
+      const int8_t* src = ximg + static_cast<int64_t>(c) * a.HW + p;
+      if constexpr (kVec) {
+        if (c < a.Ci && p < a.HW)  // HW % 16 == 0: all 16 pixels inside
+          cp_async16_cg(dst, src);
+        else
+          st_shared_fill16(dst, 0u);  // never read past x; channels >= Ci meet zero weights anyway
+      } else {
+        uint32_t v[4] = {0u, 0u, 0u, 0u};
+        if (c < a.Ci) {
+#pragma unroll
+          for (int b = 0; b < 16; ++b)
+            if (p + b < a.HW) v[b >> 2] |= static_cast<uint32_t>(static_cast<uint8_t>(src[b])) << (8 * (b & 3));
+        }
+        sts128(dst, make_uint4(v[0], v[1], v[2], v[3]));
+      }
+    }
+  };
+
+  // X first: the weight loads below overlap with it
+#pragma unroll
+  for (int s = 0; s < kStages1 - 1; ++s) {
+    if (s < a.nk) load_x(s, s);
+    cp_async_commit();
+  }
+
+  // ---- weights, once: word e = (row r, k 4q..4q+3) of the block's 64 rows (0 past Ci or Co)
+  {
+    const int words = a.nk * 8;  // Cp / 4 per row
+    for (int e = tid; e < k1BC * words; e += kThreads) {
+      const int r = e / words, k = (e - r * words) * 4, co = co0 + r;
+      uint32_t v = 0;
+      if (co < a.Co) {
+        const int8_t* wr = a.w + static_cast<int64_t>(co) * a.Ci;
+#pragma unroll
+        for (int b = 0; b < 4; ++b)
+          if (k + b < a.Ci) v |= static_cast<uint32_t>(static_cast<uint8_t>(wr[k + b])) << (8 * b);
+      }
+      const int kc = k >> 5, kin = k & 31;
+      sts32(wbase + kc * k1WChunkBytes + r * 32 + ((((kin >> 4) ^ ((r >> 2) & 1))) << 4) + (kin & 15), v);
+    }
+  }
+
+  // ---- fragment addresses (bytes): A by ldmatrix.x4 (lane l: row l % 16 of the m tile, k half l / 16);
+  // B by LDS.64 of row 4t + i (+16 for b1), pixels wn*64 + 8g .. +7
+  uint32_t a_off[2];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+    const int r = wm * 32 + mt * 16 + (lane & 15);
+    a_off[mt] = static_cast<uint32_t>(r * 32 + (((lane >> 4) ^ ((r >> 2) & 1)) << 4));
+  }
+  const uint32_t b_off =
+      static_cast<uint32_t>(4 * t * k1BP + (((wn * 4 + (g >> 1)) ^ (2 * t)) << 4) + 8 * (g & 1));
+
+  int32_t acc[2][8][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) acc[i][j][k] = 0;
+
+  for (int kt = 0; kt < a.nk; ++kt) {
+    cp_async_wait<kStages1 - 2>();
+    // stage kt (and, at kt = 0, the weights) visible to all; every warp is done with kt - 1
+    __syncthreads();
+    const int pf = kt + kStages1 - 1;
+    if (pf < a.nk) load_x(pf % kStages1, pf);
+    cp_async_commit();
+    const uint32_t xs = sbase + (kt % kStages1) * k1StageBytes + b_off;
+    const uint32_t ws = wbase + kt * k1WChunkBytes;
+    uint32_t af[2][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) ldsm_x4(ws + a_off[mt], af[mt][0], af[mt][1], af[mt][2], af[mt][3]);
+    uint32_t bf[8][2];
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      uint2 v[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) v[i] = lds64(xs + (16 * hh + i) * k1BP);
+      uint32_t lo[4], hi[4];
+      transpose4x4(v[0].x, v[1].x, v[2].x, v[3].x, lo);  // lo[j]: k 16hh+4t..+3 of pixel 8g + j
+      transpose4x4(v[0].y, v[1].y, v[2].y, v[3].y, hi);  // hi[j]: ... of pixel 8g + 4 + j
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        bf[j][hh] = lo[j];
+        bf[4 + j][hh] = hi[j];
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj) mma_s8(acc[mt][jj], af[mt], bf[jj]);
+  }
+  cp_async_wait<0>();  // only empty groups can remain; keeps the block's exit clean
+
+  // row sums from the resident weights (visible since the loop's first barrier)
+  if (tid < k1BC) {
+    int32_t s = 0;
+    for (int kc = 0; kc < a.nk; ++kc)
+#pragma unroll
+      for (int q = 0; q < 8; ++q) s = __dp4a(static_cast<int>(lds32(wbase + kc * k1WChunkBytes + tid * 32 + 4 * q)), 0x01010101, s);
+    s_corr[tid] = a.x_zp * s;
+  }
+  __syncthreads();
+
+  // ---- epilogue: lane (g, t) holds channels wm*32 + mt*16 + g + 8h, pixels pb .. pb + 15 (byte 8e + jj)
+  const int pb = p0 + wn * 64 + 16 * t;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int cl = wm * 32 + mt * 16 + g + 8 * h, co = co0 + cl;
+      if (co >= a.Co) continue;
+      const int32_t corr = s_corr[cl];
+      const float mult = a.x_scale * a.w_scale[co], bias = a.bias != nullptr ? a.bias[co] : 0.f;
+      float y[16];
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj) y[8 * e + jj] = epilogue_value(acc[mt][jj][2 * h + e], corr, mult, bias, a.act);
+      const int64_t o = (static_cast<int64_t>(n) * a.Co + co) * a.HW + pb;
+      if constexpr (kInt8Out) {
+        int8_t* out = static_cast<int8_t*>(a.out) + o;
+        if constexpr (kVec) {
+          if (pb < a.HW) {  // HW % 16 == 0: all 16 inside
+            uint32_t v[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+            for (int b = 0; b < 16; ++b)
+              v[b >> 2] |= static_cast<uint32_t>(static_cast<uint8_t>(requantise(y[b], a.inv_out, a.out_zp))) << (8 * (b & 3));
+            *reinterpret_cast<uint4*>(out) = make_uint4(v[0], v[1], v[2], v[3]);
+          }
+        } else {
+#pragma unroll
+          for (int b = 0; b < 16; ++b)
+            if (pb + b < a.HW) out[b] = requantise(y[b], a.inv_out, a.out_zp);
+        }
+      } else {
+        float* out = static_cast<float*>(a.out) + o;
+        if constexpr (kVec) {
+          if (pb < a.HW) {
+#pragma unroll
+            for (int q = 0; q < 4; ++q)
+              reinterpret_cast<float4*>(out)[q] = make_float4(y[4 * q], y[4 * q + 1], y[4 * q + 2], y[4 * q + 3]);
+          }
+        } else {
+#pragma unroll
+          for (int b = 0; b < 16; ++b)
+            if (pb + b < a.HW) out[b] = y[b];
+        }
+      }
+    }
+#else
+  __trap();  // the host only launches this on sm_80+
+#endif
+}
+
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 int compute_major(int device) {
@@ -524,6 +779,45 @@ void int8_conv_mma_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tens
     int8_conv_mma_kernel<true><<<grid, kThreads, 0, stream>>>(ma);
   else
     int8_conv_mma_kernel<false><<<grid, kThreads, 0, stream>>>(ma);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+bool int8_conv_1x1_supported(const ConvGeom& g, int device) {
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  if (g.kh != 1 || g.kw != 1 || g.sh != 1 || g.sw != 1 || g.ph != 0 || g.pw != 0) return false;
+  const int64_t HW = g.H * g.W, Cp = round_up(g.Ci, 32), tilesP = (HW + k1BP - 1) / k1BP;
+  return g.Ci >= 1 && Cp <= k1MaxCp && compute_major(device) >= 8 && g.Ci * HW <= kMax &&  // offsets in one image
+         HW <= kMax - k1BP && g.Co * g.Ci <= kMax && g.N * tilesP <= kMax && round_up(g.Co, k1BC) / k1BC <= 65535;
+}
+
+void int8_conv_1x1_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, const at::Tensor& bias,
+                        const ConvGeom& g, const Int8ConvEpilogue& e, at::Tensor& out) {
+  const int64_t HW = g.H * g.W, Cp = round_up(g.Ci, 32), tilesP = (HW + k1BP - 1) / k1BP;
+  Conv1x1Args a{};
+  a.x = x.const_data_ptr<int8_t>();
+  a.w = w.const_data_ptr<int8_t>();
+  a.w_scale = w_scale.const_data_ptr<float>();
+  a.bias = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+  a.out = out.mutable_data_ptr();
+  a.Ci = static_cast<int>(g.Ci);
+  a.Co = static_cast<int>(g.Co);
+  a.HW = static_cast<int>(HW);
+  a.nk = static_cast<int>(Cp / 32);
+  a.tilesP = static_cast<int>(tilesP);
+  a.x_zp = e.x_zp;
+  a.x_scale = e.x_scale;
+  a.inv_out = e.inv_out;
+  a.out_zp = static_cast<float>(e.out_zp);
+  a.act = e.act;
+  const bool vec = HW % 16 == 0 && reinterpret_cast<uintptr_t>(a.x) % 16 == 0 && reinterpret_cast<uintptr_t>(a.out) % 16 == 0;
+  const dim3 grid(static_cast<unsigned>(g.N * tilesP), static_cast<unsigned>(round_up(g.Co, k1BC) / k1BC));
+  const int smem = conv1x1_smem_bytes(static_cast<int>(Cp));
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto launch = [&](auto kernel) { kernel<<<grid, kThreads, smem, stream>>>(a); };
+  if (vec)
+    e.int8_out ? launch(int8_conv1x1_kernel<true, true>) : launch(int8_conv1x1_kernel<true, false>);
+  else
+    e.int8_out ? launch(int8_conv1x1_kernel<false, true>) : launch(int8_conv1x1_kernel<false, false>);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -1,5 +1,5 @@
 // The tensor-core (mma.sync s8) implicit-GEMM path of phasor::int8_conv2d on CUDA
-// (qpde_int8_conv_cuda.cu); qpde_cuda.cu registers the op and picks this path or the dp4a one.
+// (qpde_int8_conv_cuda.cu) and its direct 1x1 kernel; qpde_cuda.cu registers the op and picks a path.
 #pragma once
 #include "quantized_pde/qpde_checks.h"
 
@@ -24,6 +24,12 @@ bool int8_conv_mma_supported(const ConvGeom& g, int device);
 // x [N, Ci, H, W] int8, w [Co, Ci, kh, kw] int8, w_scale [Co] float, bias [Co] float or undefined,
 // all contiguous on the current device; out [N, Co, Ho, Wo] int8 or float, preallocated.
 void int8_conv_mma_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, const at::Tensor& bias,
+                        const ConvGeom& g, const Int8ConvEpilogue& e, at::Tensor& out);
+
+// The direct path for 1x1, stride-1, unpadded convs (any dilation): reads the NCHW input as it is
+// (no NHWC prep pass); input channels up to 256. Same arguments and epilogue as the mma path.
+bool int8_conv_1x1_supported(const ConvGeom& g, int device);
+void int8_conv_1x1_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, const at::Tensor& bias,
                         const ConvGeom& g, const Int8ConvEpilogue& e, at::Tensor& out);
 
 }  // namespace phasor::qpde

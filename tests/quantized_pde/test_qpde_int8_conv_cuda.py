@@ -1,5 +1,5 @@
-"""CUDA int8 conv (tensor-core mma path and dp4a fallback, chosen with PHASOR_QPDE_CUDA_KERNEL)
-against the CPU op on identical inputs, and the CUDA fake-quant reductions on large tensors.
+"""CUDA int8 conv (tensor-core mma path, direct 1x1 path and dp4a fallback, chosen with
+PHASOR_QPDE_CUDA_KERNEL) against the CPU op on identical inputs, and the CUDA fake-quant reductions on large tensors.
 Every test here needs a GPU (skipped otherwise; conftest gives them the `cuda` mark)."""
 import pytest
 import torch
@@ -153,6 +153,142 @@ def test_cuda_graph_compile():
     # launches on the current stream: CUDA-graph replay (reduce-overhead) equals eager
     x, w, ws, bias, st, pad, dil = (t.cuda() if isinstance(t, torch.Tensor) else t for t in _inputs(GEOMS[5], 19))
     fn = lambda x: ops.int8_conv2d(x, 0.03, 2, w, ws, bias, st, pad, dil, "relu", "int8", 0.2, 0)  # noqa: E731
+    torch._dynamo.reset()
+    comp = torch.compile(fn, mode="reduce-overhead", fullgraph=True)
+    for _ in range(3):
+        got = comp(x)
+    assert torch.equal(got, fn(x))
+
+
+# ---------------------------------------------------------------------------- direct 1x1 path
+# (N, Ci, H, W, Co): Ci below / at / above one 32-wide k chunk up to the 256 limit (1..8 chunks: the
+# 4-stage ring wraps), Co below / at / above the 64-channel tile, pixel counts below / above the
+# 128-pixel tile, multiples of 16 (16-byte loads and stores) or not (byte path), batch 1 and 3.
+GEOMS_1X1 = [
+    (1, 3, 5, 7, 1),
+    (3, 17, 3, 3, 10),
+    (2, 64, 16, 16, 64),
+    (3, 100, 9, 13, 80),
+    (1, 64, 12, 12, 10),
+    (2, 200, 16, 20, 64),
+    (1, 256, 11, 3, 80),
+    (3, 3, 1, 37, 129),
+]
+
+
+def _inputs_1x1(geom, seed, dil=1):
+    N, Ci, H, W, Co = geom
+    return _inputs((N, Ci, H, W, Co, 1, 1, 0, dil), seed)
+
+
+@pytest.mark.parametrize("geom", GEOMS_1X1)
+@pytest.mark.parametrize("output", ["float", "int8"])
+@pytest.mark.parametrize("act", ["none", "relu", "gelu"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_cuda_1x1_matches_cpu(monkeypatch, geom, output, act, with_bias):
+    monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", "mma1x1")
+    x, w, ws, bias, st, pad, dil = _inputs_1x1(geom, 21)
+    cpu, gpu = _both(x, 0.03, -37, w, ws, bias if with_bias else None, st, pad, dil, act, output, 0.2, 3)
+    _assert_match(cpu, gpu, output)
+
+
+@pytest.mark.parametrize("geom", GEOMS_1X1)
+def test_cuda_1x1_accumulators_bit_exact(monkeypatch, geom):
+    monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", "mma1x1")
+    x, w, _, _, st, pad, dil = _inputs_1x1(geom, 22)
+    want = ref.int8_conv2d_accumulator_ref(x, 19, w, st, pad, dil)
+    assert want.abs().max() < 2**24
+    got = ops.int8_conv2d(x.cuda(), 1.0, 19, w.cuda(), torch.ones(w.shape[0], device="cuda"), None, st, pad, dil)
+    assert torch.equal(got.cpu().double(), want.double())
+
+
+@pytest.mark.parametrize("geom", GEOMS_1X1)
+@pytest.mark.parametrize("output,act", [("float", "gelu"), ("int8", "relu"), ("int8", "none")])
+def test_cuda_1x1_equals_mma_and_auto(monkeypatch, geom, output, act):
+    # same integer accumulators and the same epilogue code: the direct path, the prep + GEMM path and
+    # the default choice give identical bits
+    x, w, ws, bias, st, pad, dil = (t.cuda() if isinstance(t, torch.Tensor) else t for t in _inputs_1x1(geom, 23))
+    outs = {}
+    for k in ("mma1x1", "mma", "auto"):
+        monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", k)
+        outs[k] = ops.int8_conv2d(x, 0.03, 11, w, ws, bias, st, pad, dil, act, output, 0.2, -4)
+    assert torch.equal(outs["mma1x1"], outs["mma"])
+    assert torch.equal(outs["mma1x1"], outs["auto"])
+
+
+@pytest.mark.parametrize("x_zp,out_zp", [(-128, 127), (127, -128), (0, 0)])
+def test_cuda_1x1_extreme_zero_points_and_dilation(monkeypatch, x_zp, out_zp):
+    # dilation does nothing to a 1x1 kernel: the direct path takes it
+    monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", "mma1x1")
+    x, w, ws, bias, st, pad, dil = _inputs_1x1(GEOMS_1X1[3], 24, dil=2)
+    for output in ("float", "int8"):
+        cpu, gpu = _both(x, 0.05, x_zp, w, ws, bias, st, pad, dil, "relu", output, 0.3, out_zp)
+        _assert_match(cpu, gpu, output)
+
+
+def test_cuda_1x1_unaligned_noncontiguous_and_conv1d(monkeypatch):
+    # HW % 16 == 0 but x not 16-byte aligned (the byte path), channels_last, and conv1d with k = 1
+    monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", "mma1x1")
+    x, w, ws, bias, st, pad, dil = _inputs_1x1(GEOMS_1X1[5], 25)
+    buf = torch.empty(x.numel() + 1, dtype=torch.int8, device="cuda")
+    xu = buf[1:].view(x.shape)
+    xu.copy_(x.cuda())
+    assert xu.is_contiguous() and xu.data_ptr() % 16 != 0
+    for output in ("int8", "float"):
+        cpu = ops.int8_conv2d(x, 0.03, 5, w, ws, bias, st, pad, dil, "gelu", output, 0.2, -3)
+        args = (0.03, 5, w.cuda(), ws.cuda(), bias.cuda(), st, pad, dil, "gelu", output, 0.2, -3)
+        _assert_match(cpu, ops.int8_conv2d(xu, *args).cpu(), output)
+        xc = x.cuda().contiguous(memory_format=torch.channels_last)
+        _assert_match(cpu, ops.int8_conv2d(xc, *args).cpu(), output)
+    g = torch.Generator().manual_seed(26)
+    x = torch.randint(-128, 128, (3, 40, 37), generator=g, dtype=torch.int8)
+    w = torch.randint(-127, 128, (70, 40, 1), generator=g, dtype=torch.int8)
+    ws = torch.rand(70, generator=g) * 0.01 + 0.001
+    b = torch.randn(70, generator=g)
+    cpu = ops.int8_conv1d(x, 0.02, 4, w, ws, b, activation="relu")
+    gpu = ops.int8_conv1d(x.cuda(), 0.02, 4, w.cuda(), ws.cuda(), b.cuda(), activation="relu").cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("geom", [
+    (1, 8, 9, 9, 4, 3, 1, 1, 1),    # 3x3
+    (1, 8, 9, 9, 4, 1, 2, 0, 1),    # stride 2
+    (1, 8, 9, 9, 4, 1, 1, 1, 1),    # padding 1
+    (1, 257, 4, 4, 4, 1, 1, 0, 1),  # Cp 288 > 256
+])
+def test_cuda_1x1_env_rejects_ineligible(monkeypatch, geom):
+    # PHASOR_QPDE_CUDA_KERNEL=mma1x1 names the direct path only; auto falls back to the mma path there
+    x, w, ws, bias, st, pad, dil = _inputs(geom, 27)
+    monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", "mma1x1")
+    with pytest.raises(ValueError, match="mma1x1"):
+        ops.int8_conv2d(x.cuda(), 0.03, 0, w.cuda(), ws.cuda(), bias.cuda(), st, pad, dil)
+    monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", "auto")
+    cpu, gpu = _both(x, 0.03, 0, w, ws, bias, st, pad, dil)
+    _assert_match(cpu, gpu, "float")
+
+
+def test_cuda_1x1_bench_shape(monkeypatch):
+    # the benchmark's 1x1 shape (N 8, 64 channels, 128 x 128): direct == prep + GEMM bit for bit, and
+    # the first image against the CPU reference
+    g = torch.Generator().manual_seed(28)
+    x = torch.randint(-128, 128, (8, 64, 128, 128), generator=g, dtype=torch.int8).cuda()
+    w = torch.randint(-127, 128, (64, 64, 1, 1), generator=g, dtype=torch.int8).cuda()
+    ws = (torch.rand(64, generator=g) * 0.002 + 0.001).cuda()
+    b = torch.randn(64, generator=g).cuda()
+    outs = {}
+    for k in ("mma1x1", "mma"):
+        monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", k)
+        outs[k] = ops.int8_conv2d(x, 0.02, -3, w, ws, b, 1, 0, 1, "relu", "int8", 0.5, -128)
+    assert torch.equal(outs["mma1x1"], outs["mma"])
+    want = ref.int8_conv2d_ref(x[:1].cpu(), 0.02, -3, w.cpu(), ws.cpu(), b.cpu(), [1, 1], [0, 0], [1, 1], "relu",
+                               "int8", 0.5, -128)
+    assert (outs["mma1x1"][:1].cpu().int() - want.int()).abs().max().item() <= 1
+
+
+def test_cuda_1x1_graph_compile():
+    # the default path for a 1x1 conv under CUDA-graph replay (dynamic shared memory, current stream)
+    x, w, ws, bias, st, pad, dil = (t.cuda() if isinstance(t, torch.Tensor) else t for t in _inputs_1x1(GEOMS_1X1[2], 29))
+    fn = lambda x: ops.int8_conv2d(x, 0.03, 2, w, ws, bias, st, pad, dil, "gelu", "int8", 0.2, 0)  # noqa: E731
     torch._dynamo.reset()
     comp = torch.compile(fn, mode="reduce-overhead", fullgraph=True)
     for _ in range(3):
