@@ -409,11 +409,13 @@ void dispatch_storage(at::ScalarType st, F&& f) {
   }
 }
 
-// PHASOR_GTA_CUDA_KERNEL picks the forward kernel: unset, "" or "auto" = tensor cores where they apply
+// PHASOR_GTA_CUDA_KERNEL picks the kernels: unset, "" or "auto" = tensor cores where they apply
 // (float16/bfloat16, head dim 32/64/96/128, sm_80+), else SIMT; "simt" = always SIMT; "mma_onload" /
-// "mma_prepass" = tensor cores with K~, V~ transformed on load / by a pre-pass (where they apply).
+// "mma_prepass" = tensor cores with the forward's K~, V~ transformed on load / by a pre-pass (where they
+// apply); "mma_fwd_only" = the tensor-core forward (auto K/V mode) with the SIMT backward, for comparison.
+// The backward takes tensor cores under auto, mma, mma_onload and mma_prepass (gta_bwd_mma_supported).
 // Read on every call (getenv costs far less than a launch), so tests can switch it per call.
-enum class KernelChoice { kAuto, kSimt, kMmaOnLoad, kMmaPrepass };
+enum class KernelChoice { kAuto, kSimt, kMmaOnLoad, kMmaPrepass, kMmaFwdOnly };
 
 KernelChoice kernel_choice() {
   const char* env = std::getenv("PHASOR_GTA_CUDA_KERNEL");
@@ -422,8 +424,9 @@ KernelChoice kernel_choice() {
   if (s == "simt") return KernelChoice::kSimt;
   if (s == "mma_onload") return KernelChoice::kMmaOnLoad;
   if (s == "mma_prepass") return KernelChoice::kMmaPrepass;
-  TORCH_CHECK_VALUE(false, "phasor::gta_attention: PHASOR_GTA_CUDA_KERNEL must be auto, mma, simt, mma_onload or "
-                    "mma_prepass, got '", s, "'");
+  if (s == "mma_fwd_only") return KernelChoice::kMmaFwdOnly;
+  TORCH_CHECK_VALUE(false, "phasor::gta_attention: PHASOR_GTA_CUDA_KERNEL must be auto, mma, simt, mma_onload, "
+                    "mma_prepass or mma_fwd_only, got '", s, "'");
 }
 
 std::tuple<at::Tensor, at::Tensor> gta_fwd_cuda(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
@@ -496,34 +499,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gta_bwd_c
     dq.zero_(), dk.zero_(), dv.zero_();
     return {dq, dk, dv, dq_se3, dk_se3};
   }
-  auto qt = at::empty(q.sizes(), f32), dot_t = at::empty(q.sizes(), f32), Dv = at::empty({D.B, D.H, D.Nq}, f32);
   auto dqt = at::empty(q.sizes(), f32), dkt = at::empty(k.sizes(), f32), dvt = at::empty(v.sizes(), f32);
   const bool need_ot = v_transform && D.se3 > 0;
   auto ot = need_ot ? at::empty(q.sizes(), f32) : at::Tensor();
   const GeoPtrs g = geo.ptrs();
+  const KernelChoice choice = kernel_choice();
+  const bool mma = choice != KernelChoice::kSimt && choice != KernelChoice::kMmaFwdOnly &&
+                   gta_bwd_mma_supported(q.scalar_type(), D.d, D.Nq, D.Nk, q.get_device());
+  if (mma) {  // the attention core on tensor cores; the same float32 dqt, dkt, dvt, ot for the kernels below
+    gta_bwd_mma(S, g, q, k, v, gO, O, lse, mask, scale, v_transform, dqt, dkt, dvt, ot, stream);
+  }
+  at::Tensor qt, dot_t, Dv;  // SIMT scratch
+  if (!mma) {
+    qt = at::empty(q.sizes(), f32), dot_t = at::empty(q.sizes(), f32), Dv = at::empty({D.B, D.H, D.Nq}, f32);
+  }
   const int threads = kWarps * kWarpSize;
   const size_t dp = D.d + 1;
   dispatch_storage(q.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    const int64_t rows_q = D.B * D.H * D.Nq;
-    gta_bwd_prologue_kernel<T><<<phasor::cuda::grid_for(phasor::cuda::ceil_div<int64_t>(rows_q, kWarps), opname, "rows"),
-                                 threads, 0, stream>>>(S, g, q.data_ptr<T>(), gO.data_ptr<T>(), O.data_ptr<T>(),
-                                                       float(scale), v_transform, qt.data_ptr<float>(),
-                                                       dot_t.data_ptr<float>(), Dv.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const dim3 grid_k(phasor::cuda::grid_for(phasor::cuda::ceil_div<int64_t>(D.Nk, kWarps), opname, "key blocks"),
-                      phasor::cuda::grid_for(D.B * D.H, opname, "(batch, head) pairs"));
-    gta_bwd_kv_kernel<T><<<grid_k, threads, sizeof(float) * ((2 * kWarps + 2 * kTile) * dp + 2 * kTile), stream>>>(
-        S, g, k.data_ptr<T>(), v.data_ptr<T>(), qt.data_ptr<float>(), dot_t.data_ptr<float>(), Dv.data_ptr<float>(),
-        lse.data_ptr<float>(), mp, v_transform, dkt.data_ptr<float>(), dvt.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const dim3 grid_q(phasor::cuda::grid_for(phasor::cuda::ceil_div<int64_t>(D.Nq, kWarps), opname, "query blocks"),
-                      grid_k.y);
-    gta_bwd_q_kernel<T><<<grid_q, threads, sizeof(float) * (2 * kWarps + 2 * kTile) * dp, stream>>>(
-        S, g, k.data_ptr<T>(), v.data_ptr<T>(), qt.data_ptr<float>(), dot_t.data_ptr<float>(), Dv.data_ptr<float>(),
-        lse.data_ptr<float>(), mp, float(scale), v_transform, dqt.data_ptr<float>(),
-        need_ot ? ot.data_ptr<float>() : nullptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (!mma) {
+      const int64_t rows_q = D.B * D.H * D.Nq;
+      gta_bwd_prologue_kernel<T><<<phasor::cuda::grid_for(phasor::cuda::ceil_div<int64_t>(rows_q, kWarps), opname,
+                                                          "rows"),
+                                   threads, 0, stream>>>(S, g, q.data_ptr<T>(), gO.data_ptr<T>(), O.data_ptr<T>(),
+                                                         float(scale), v_transform, qt.data_ptr<float>(),
+                                                         dot_t.data_ptr<float>(), Dv.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const dim3 grid_k(phasor::cuda::grid_for(phasor::cuda::ceil_div<int64_t>(D.Nk, kWarps), opname, "key blocks"),
+                        phasor::cuda::grid_for(D.B * D.H, opname, "(batch, head) pairs"));
+      gta_bwd_kv_kernel<T><<<grid_k, threads, sizeof(float) * ((2 * kWarps + 2 * kTile) * dp + 2 * kTile), stream>>>(
+          S, g, k.data_ptr<T>(), v.data_ptr<T>(), qt.data_ptr<float>(), dot_t.data_ptr<float>(), Dv.data_ptr<float>(),
+          lse.data_ptr<float>(), mp, v_transform, dkt.data_ptr<float>(), dvt.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const dim3 grid_q(phasor::cuda::grid_for(phasor::cuda::ceil_div<int64_t>(D.Nq, kWarps), opname, "query blocks"),
+                        grid_k.y);
+      gta_bwd_q_kernel<T><<<grid_q, threads, sizeof(float) * (2 * kWarps + 2 * kTile) * dp, stream>>>(
+          S, g, k.data_ptr<T>(), v.data_ptr<T>(), qt.data_ptr<float>(), dot_t.data_ptr<float>(), Dv.data_ptr<float>(),
+          lse.data_ptr<float>(), mp, float(scale), v_transform, dqt.data_ptr<float>(),
+          need_ot ? ot.data_ptr<float>() : nullptr);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
     if (D.se3 > 0) {  // q~ = P^T q: dP += q dq~^T (+ dO o~^T); k~ = P^-1 k: dP^-1 += dk~ k^T (+ dv~ v^T)
       gta_se3_grad_kernel<T, float><<<phasor::cuda::grid_for(D.B * D.Vq, opname, "views"), 256, 0, stream>>>(
           S, int(D.Nq), int(D.Vq), q.data_ptr<T>(), dqt.data_ptr<float>(), need_ot ? gO.data_ptr<T>() : nullptr,

@@ -17,6 +17,7 @@
 //   ldmatrix.x4: lanes 8m .. 8m+7 give the row addresses of matrix m; register m of a lane holds row
 //   lane / 4, columns 2 (lane % 4) .. +1 of matrix m (.trans: column lane / 4, rows 2 (lane % 4) .. +1).
 #include "gta/gta_cuda_mma.h"
+#include "gta/gta_cuda_mma_ptx.cuh"
 
 #include "common/cuda_host.h"
 #include "common/cuda_utils.cuh"
@@ -40,116 +41,13 @@ using dev::F4;
 using dev::GeoPtrs;
 using dev::Shape;
 using dev::TokenOp;
+using namespace mma_ptx;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kBM = 16 * kWarps;  // queries per block
 constexpr int kBN = 64;           // keys per tile
 constexpr float kLn2 = 0.6931471805599453f;
-
-// ------------------------------------------------------------------ storage types (__half, __nv_bfloat16)
-template <typename T>
-struct Pack;
-template <>
-struct Pack<__half> {
-  static __device__ __forceinline__ float2 unpack(uint32_t u) {
-    __half2 h;
-    memcpy(&h, &u, 4);
-    return __half22float2(h);
-  }
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {  // lo in the low 16 bits
-    const __half2 h = __floats2half2_rn(lo, hi);
-    uint32_t u;
-    memcpy(&u, &h, 4);
-    return u;
-  }
-};
-template <>
-struct Pack<__nv_bfloat16> {
-  static __device__ __forceinline__ float2 unpack(uint32_t u) {
-    __nv_bfloat162 h;
-    memcpy(&h, &u, 4);
-    return __bfloat1622float2(h);
-  }
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    uint32_t u;
-    memcpy(&u, &h, 4);
-    return u;
-  }
-};
-
-template <typename T>
-__device__ __forceinline__ uint2 pack4(const F4& y) {
-  return make_uint2(Pack<T>::pack(y.v[0], y.v[1]), Pack<T>::pack(y.v[2], y.v[3]));
-}
-
-// Four channels c .. c+3 (c % 4 == 0) of a T row (global or shared; rows are 8-byte aligned) or a float row.
-template <typename T>
-struct LoadT {
-  const T* p;
-  __device__ __forceinline__ F4 operator()(int c) const {
-    const uint2 u = *reinterpret_cast<const uint2*>(p + c);
-    const float2 a = Pack<T>::unpack(u.x), b = Pack<T>::unpack(u.y);
-    return F4{{a.x, a.y, b.x, b.y}};
-  }
-};
-struct LoadF {
-  const float* p;
-  __device__ __forceinline__ F4 operator()(int c) const {
-    const float4 u = *reinterpret_cast<const float4*>(p + c);
-    return F4{{u.x, u.y, u.z, u.w}};
-  }
-};
-
-// ------------------------------------------------------------------ PTX wrappers (sm_80+)
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr)
-               : "memory");
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
-                                              uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr)
-               : "memory");
-}
-
-// c += A B for one m16n8k16 tile, float32 accumulators.
-template <typename T>
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-template <>
-__device__ __forceinline__ void mma16816<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                                        uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// 16 bytes global -> shared, asynchronously; `valid` false writes zeros and reads nothing.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 
 // ------------------------------------------------------------------ kernels
 template <typename T>
@@ -430,6 +328,19 @@ __global__ void gta_kv_prepass_kernel(Shape S, GeoPtrs g, const T* __restrict__ 
 
 // ------------------------------------------------------------------ host
 template <typename T, int D>
+void launch_prepass(const Shape& S, const GeoPtrs& g, const at::Tensor& k, const at::Tensor& v, bool vt,
+                    const at::Tensor& kt, const at::Tensor& vtt, cudaStream_t stream) {
+  const int64_t items = k.numel() / 4;
+  gta_kv_prepass_kernel<T, D><<<phasor::cuda::grid_for(phasor::cuda::ceil_div<int64_t>(items, 256),
+                                                       "phasor::gta_attention", "elements"),
+                                256, 0, stream>>>(S, g, reinterpret_cast<const T*>(k.data_ptr()),
+                                                  reinterpret_cast<const T*>(v.data_ptr()), vt,
+                                                  reinterpret_cast<T*>(kt.data_ptr()),
+                                                  vt ? reinterpret_cast<T*>(vtt.data_ptr()) : nullptr);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, int D>
 void launch(const Shape& S, const GeoPtrs& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
             const at::Tensor& mask, double scale, bool vt, bool pre, const at::Tensor& out, const at::Tensor& lse,
             cudaStream_t stream) {
@@ -440,11 +351,7 @@ void launch(const Shape& S, const GeoPtrs& g, const at::Tensor& q, const at::Ten
   if (pre && k.numel() > 0) {
     kt = at::empty(k.sizes(), k.options());
     if (vt) vtt = at::empty(v.sizes(), v.options());
-    const int64_t items = k.numel() / 4;
-    gta_kv_prepass_kernel<T, D><<<phasor::cuda::grid_for(phasor::cuda::ceil_div<int64_t>(items, 256), op, "elements"),
-                                  256, 0, stream>>>(S, g, kp, vp, vt, reinterpret_cast<T*>(kt.data_ptr()),
-                                                    vt ? reinterpret_cast<T*>(vtt.data_ptr()) : nullptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_prepass<T, D>(S, g, k, v, vt, kt, vtt, stream);
     kp = reinterpret_cast<const T*>(kt.data_ptr());
     if (vt) vp = reinterpret_cast<const T*>(vtt.data_ptr());
   }
@@ -483,7 +390,34 @@ void launch_d(int d, const Shape& S, const GeoPtrs& g, const at::Tensor& q, cons
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
+template <typename T>
+void prepass_d(const Shape& S, const GeoPtrs& g, const at::Tensor& k, const at::Tensor& v, bool vt,
+               const at::Tensor& kt, const at::Tensor& vtt, cudaStream_t stream) {
+  switch (S.d) {
+    case 32: return launch_prepass<T, 32>(S, g, k, v, vt, kt, vtt, stream);
+    case 64: return launch_prepass<T, 64>(S, g, k, v, vt, kt, vtt, stream);
+    case 96: return launch_prepass<T, 96>(S, g, k, v, vt, kt, vtt, stream);
+    case 128: return launch_prepass<T, 128>(S, g, k, v, vt, kt, vtt, stream);
+    default: TORCH_CHECK(false, "phasor::gta_attention: no tensor-core kernel for head dim ", S.d);
+  }
+}
+
 }  // namespace
+
+void gta_kv_prepass_mma(const Shape& S, const GeoPtrs& g, const at::Tensor& k, const at::Tensor& v, bool v_transform,
+                        const at::Tensor& kt, const at::Tensor& vtt, cudaStream_t stream) {
+  if (k.numel() == 0) return;
+  TORCH_CHECK(k.data_ptr() != nullptr && reinterpret_cast<uintptr_t>(k.data_ptr()) % 8 == 0 &&
+                  reinterpret_cast<uintptr_t>(v.data_ptr()) % 8 == 0,
+              "phasor::gta_attention: K/V pre-pass needs 8-byte aligned rows");
+  if (k.scalar_type() == at::kHalf) {
+    prepass_d<__half>(S, g, k, v, v_transform, kt, vtt, stream);
+  } else {
+    TORCH_CHECK(k.scalar_type() == at::kBFloat16, "phasor::gta_attention: tensor-core kernel takes float16 or "
+                "bfloat16, got ", k.scalar_type());
+    prepass_d<__nv_bfloat16>(S, g, k, v, v_transform, kt, vtt, stream);
+  }
+}
 
 bool gta_fwd_mma_supported(at::ScalarType dtype, int64_t d, int64_t Nq, int device) {
   if (dtype != at::kHalf && dtype != at::kBFloat16) return false;

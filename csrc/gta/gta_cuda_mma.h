@@ -1,6 +1,8 @@
-// Tensor-core (mma.sync m16n8k16) forward of GTA attention for float16/bfloat16 storage
-// (gta_cuda_mma.cu). gta_cuda.cu's gta_fwd_cuda calls it after its argument checks; the outputs (O and
-// the log-sum-exp) have the SIMT kernel's contract, so the SIMT backward consumes them unchanged.
+// Tensor-core (mma.sync m16n8k16) forward and backward of GTA attention for float16/bfloat16 storage
+// (gta_cuda_mma.cu, gta_cuda_mma_bwd.cu). gta_cuda.cu's gta_fwd_cuda / gta_bwd_cuda call them after their
+// argument checks; the forward's outputs (O and the log-sum-exp) have the SIMT kernel's contract, so
+// either backward consumes them, and the backward's float32 intermediates feed the shared SIMT SE(3)
+// reduction and epilogue kernels.
 #pragma once
 #include "gta/gta_cuda_geometry.cuh"
 
@@ -19,11 +21,30 @@ namespace phasor::gta {
 //     (keys 8-15, ch 0-7), (keys 8-15, ch 8-15) = b0, b1 of keys 0-7, then b0, b1 of keys 8-15;
 //   V (B operands of two channel tiles, .trans; rows = keys): (keys 0-7, ch 0-7), (keys 8-15, ch 0-7),
 //     (keys 0-7, ch 8-15), (keys 8-15, ch 8-15) = b0, b1 of ch 0-7, then b0, b1 of ch 8-15.
+// The backward (gta_cuda_mma_bwd.cu) uses the same three patterns for other operands: q_lane for any A
+// operand stored row-major (rows of K~, V~, Q~ or dO~), k_lane for any B operand whose n index is the
+// shared-memory row (Q~, dO~ in S^T, dP^T; K~, V~ in S, dP), v_lane (.trans) for any B operand whose k index
+// is the row (dO~, Q~ in dV~, dK~; K~, V~ in dQ~, o~).
 // tests/gta/mma_layout_check.cu checks them on the host against the PTX fragment layouts.
 namespace mma_layout {
 __host__ __device__ constexpr int q_lane(int lane, int ld) { return ((lane & 7) + ((lane >> 3) & 1) * 8) * ld + (lane >> 4) * 8; }
 __host__ __device__ constexpr int k_lane(int lane, int ld) { return ((lane & 7) + (lane >> 4) * 8) * ld + ((lane >> 3) & 1) * 8; }
 __host__ __device__ constexpr int v_lane(int lane, int ld) { return ((lane & 7) + ((lane >> 3) & 1) * 8) * ld + (lane >> 4) * 8; }
+
+// Backward (gta_cuda_mma_bwd.cu) operand offsets, shared with the host check. mma_abt: acc = A B^T with
+// A and B stored row-major (k = channel): k-step ks of A at abt_a(ks), of the B rows of n-tile pair np at
+// abt_b(np, ks, ld). mma_cb: acc += X B with X in C fragments and B stored k-major: the 16 rows of
+// k-chunk kk, channel pair dp, at cb_b(kk, dp, ld); A register r of chunk kk repacks C fragment
+// c_to_a_tile(kk, r), elements c_to_a_elem(r) and + 1 (the forward's P repacking).
+__host__ __device__ constexpr int abt_a(int ks) { return ks * 16; }
+__host__ __device__ constexpr int abt_b(int np, int ks, int ld) { return np * 16 * ld + ks * 16; }
+__host__ __device__ constexpr int cb_b(int kk, int dp, int ld) { return kk * 16 * ld + dp * 16; }
+__host__ __device__ constexpr int c_to_a_tile(int kk, int r) { return 2 * kk + (r >> 1); }
+__host__ __device__ constexpr int c_to_a_elem(int r) { return 2 * (r & 1); }
+// Streamed tile of the backward's inner dimension, 8 n-tiles (64 rows) where registers allow; 4 (32
+// rows) for head dims 96 and 128, where the S and dP fragments of 64 rows next to two D-wide
+// accumulators would exceed 255 registers.
+__host__ __device__ constexpr int bwd_tile_nt(int d) { return d <= 64 ? 8 : 4; }
 }  // namespace mma_layout
 
 enum class MmaKvMode { kAuto, kOnLoad, kPrepass };
@@ -37,5 +58,27 @@ bool gta_fwd_mma_supported(at::ScalarType dtype, int64_t d, int64_t Nq, int devi
 void gta_fwd_mma(const dev::Shape& S, const dev::GeoPtrs& g, const at::Tensor& q, const at::Tensor& k,
                  const at::Tensor& v, const at::Tensor& mask, double scale, bool v_transform, MmaKvMode mode,
                  const at::Tensor& out, const at::Tensor& lse, cudaStream_t stream);
+
+// K~ = P^-1 K and (v_transform) V~ = P^-1 V into kt / vtt (k's shape and dtype, contiguous; vtt is not
+// touched without v_transform): the forward's pre-pass, so forward and backward see the same K~, V~ bits.
+// k and v: contiguous, float16/bfloat16, 8-byte aligned, head dim 32/64/96/128.
+void gta_kv_prepass_mma(const dev::Shape& S, const dev::GeoPtrs& g, const at::Tensor& k, const at::Tensor& v,
+                        bool v_transform, const at::Tensor& kt, const at::Tensor& vtt, cudaStream_t stream);
+
+// True when the tensor-core backward (gta_cuda_mma_bwd.cu) takes this call: the forward's conditions
+// for Nq and at most 65535 key blocks of 64 (key blocks are grid.y too).
+bool gta_bwd_mma_supported(at::ScalarType dtype, int64_t d, int64_t Nq, int64_t Nk, int device);
+
+// The attention core of the backward on tensor cores, replacing the SIMT prologue, key-side and
+// query-side kernels: from contiguous q, k, v, dO, O (float16/bfloat16), lse [B,H,Nq] float32 and the
+// mask (contiguous bool [B,Nk] or undefined) it writes, as float32 [B,H,N,d] like the SIMT kernels,
+//   dqt = dL/d(P^T q) (scale included), dkt = dL/dk~, dvt = dL/dv~ (k~ = P^-1 k, v~ = P^-1 v or v),
+//   ot (when defined) = o~ = softmax(q~ k~^T) v~ in the 16-channel tiles that overlap the SE(3)
+//   channels [triv, triv + se3), 0 elsewhere (the SE(3) gradient reads only those channels).
+// Deterministic (no atomics). Launches on `stream`.
+void gta_bwd_mma(const dev::Shape& S, const dev::GeoPtrs& g, const at::Tensor& q, const at::Tensor& k,
+                 const at::Tensor& v, const at::Tensor& dO, const at::Tensor& O, const at::Tensor& lse,
+                 const at::Tensor& mask, double scale, bool v_transform, const at::Tensor& dqt,
+                 const at::Tensor& dkt, const at::Tensor& dvt, const at::Tensor& ot, cudaStream_t stream);
 
 }  // namespace phasor::gta

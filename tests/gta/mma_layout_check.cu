@@ -1,8 +1,11 @@
-// Host-only check of the tensor-core GTA forward's index logic (no GPU needed):
+// Host-only check of the tensor-core GTA kernels' index logic (no GPU needed):
 //  1. ldmatrix.x4 (.trans) and mma.m16n8k16 are emulated from the PTX ISA's fragment layouts; the kernel's
 //     lane addresses (mma_layout::q_lane / k_lane / v_lane) and its C -> A repacking of P must then give
 //     S = Q K^T and O = S V exactly (small integers: every sum is exact in float).
-//  2. dev::apply_chunk4 (4 channels at a time, K and V together) equals dev::apply_channel channel by
+//  2. the backward's two kernels (gta_cuda_mma_bwd.cu) on one block each: their operand offsets
+//     (mma_layout::abt_* / cb_b / c_to_a_*) and lane helpers in transposed roles, the C -> A repacking
+//     of P and dS, and the fragment row / column of the bias, lse and delta terms, against plain loops.
+//  3. dev::apply_chunk4 (4 channels at a time, K and V together) equals dev::apply_channel channel by
 //     channel, for several splits, transposes and signs.
 // Build and run (CPU machine):
 //   nvcc -std=c++20 -I csrc -isystem $(python -c 'import torch,os;print(os.path.dirname(torch.__file__))')/include \
@@ -172,6 +175,180 @@ void check_chunks(std::mt19937& rng, int triv, int se3, int so3, int so2) {
     }
 }
 
+// ------------------------------------------------------------------ backward (gta_cuda_mma_bwd.cu)
+// ldmatrix.x4 at base + lane_fn(lane, ld), as the kernels address it.
+void ldsm(const std::vector<float>& sm, int base, int (*lane_fn)(int, int), int ld, bool trans, Reg out[32][4]) {
+  int addr[32];
+  for (int L = 0; L < 32; ++L) addr[L] = base + lane_fn(L, ld);
+  ldmatrix_x4(sm, addr, trans, out);
+}
+void split(const Reg r[32][4], Reg b01[32][2], Reg b23[32][2]) {
+  for (int L = 0; L < 32; ++L) b01[L][0] = r[L][0], b01[L][1] = r[L][1], b23[L][0] = r[L][2], b23[L][1] = r[L][3];
+}
+
+// The kernels' mma_abt: acc = A B^T, A rows at a_base (row-major, q_lane), B rows at b_base (k_lane).
+template <int D, int NT>
+void emu_abt(float acc[NT][32][4], const std::vector<float>& sa, int a_base, const std::vector<float>& sb,
+             int b_base) {
+  constexpr int kLd = D + 8;
+  for (int n = 0; n < NT; ++n)
+    for (int L = 0; L < 32; ++L) acc[n][L][0] = acc[n][L][1] = acc[n][L][2] = acc[n][L][3] = 0.f;
+  for (int ks = 0; ks < D / 16; ++ks) {
+    Reg fa[32][4];
+    ldsm(sa, a_base + mma_layout::abt_a(ks), mma_layout::q_lane, kLd, false, fa);
+    for (int np = 0; np < NT / 2; ++np) {
+      Reg r[32][4], b01[32][2], b23[32][2];
+      ldsm(sb, b_base + mma_layout::abt_b(np, ks, kLd), mma_layout::k_lane, kLd, false, r);
+      split(r, b01, b23);
+      mma(acc[2 * np], fa, b01);
+      mma(acc[2 * np + 1], fa, b23);
+    }
+  }
+}
+
+// The kernels' mma_cb: acc += X B, X in C fragments (repacked by c_to_a_*), B rows at b_base (.trans,
+// v_lane); channel pairs outside [lo, hi) skipped.
+template <int D, int NT>
+void emu_cb(float acc[D / 8][32][4], const float x[NT][32][4], const std::vector<float>& sb, int b_base, int lo,
+            int hi) {
+  constexpr int kLd = D + 8;
+  for (int kk = 0; kk < NT / 2; ++kk) {
+    Reg fa[32][4];
+    for (int L = 0; L < 32; ++L)
+      for (int r = 0; r < 4; ++r) {
+        const int n = mma_layout::c_to_a_tile(kk, r), e = mma_layout::c_to_a_elem(r);
+        fa[L][r] = Reg{{x[n][L][e], x[n][L][e + 1]}};
+      }
+    for (int dp = 0; dp < D / 16; ++dp) {
+      if (dp < lo || dp >= hi) continue;
+      Reg r[32][4], b01[32][2], b23[32][2];
+      ldsm(sb, b_base + mma_layout::cb_b(kk, dp, kLd), mma_layout::v_lane, kLd, true, r);
+      split(r, b01, b23);
+      mma(acc[2 * dp], fa, b01);
+      mma(acc[2 * dp + 1], fa, b23);
+    }
+  }
+}
+
+// C fragment element e of lane L in n-tile n: row and column of the 16 x 8 NT tile.
+int c_row(int L, int e) { return L / 4 + 8 * (e >> 1); }
+int c_col(int n, int L, int e) { return n * 8 + 2 * (L % 4) + (e & 1); }
+
+// Both backward kernels on one block, over two streamed tiles, with an exp-free stand-in for the softmax
+// (P = S + row bias - column offset, small integers: every sum is exact in float), against plain loops:
+// key side dV~ = P^T dO~, dK~ = dS^T Q~ with dS^T = P^T (V~ dO~^T - delta); query side o~ = P V~ (in the
+// channel tiles [lo, hi) only, 0 elsewhere) and dQ~ = dS K~ with dS = P (dO~ V~^T - delta).
+template <int D>
+void check_bwd_block(std::mt19937& rng) {
+  constexpr int NT = mma_layout::bwd_tile_nt(D), kLd = D + 8, kBR = 64, kT = 8 * NT, kTiles = 2;
+  std::uniform_int_distribution<int> u(-1, 1), ub(-2, 2);
+  auto fill = [&](std::vector<float>& m, int rows) {
+    m.assign(rows * kLd, 99.f);  // 99 in the padding: a read of it breaks the sums
+    for (int r = 0; r < rows; ++r)
+      for (int c = 0; c < D; ++c) m[r * kLd + c] = float(u(rng));
+  };
+  // ---- key side: block rows = keys (K~, V~), streamed = query tiles (Q~, dO~, L, delta)
+  {
+    std::vector<float> sK, sV, tQ[kTiles], tO[kTiles];
+    fill(sK, kBR), fill(sV, kBR);
+    std::vector<float> kb(kBR), L(kTiles * kT), dl(kTiles * kT);
+    for (auto& x : kb) x = float(ub(rng));
+    for (auto& x : L) x = float(ub(rng));
+    for (auto& x : dl) x = float(ub(rng));
+    for (int t = 0; t < kTiles; ++t) fill(tQ[t], kT), fill(tO[t], kT);
+    std::vector<float> dK(kBR * D, 0.f), dV(kBR * D, 0.f);
+    for (int warp = 0; warp < 4; ++warp) {
+      static float dk[D / 8][32][4], dv[D / 8][32][4], p[NT][32][4], ds[NT][32][4];
+      for (int n = 0; n < D / 8; ++n)
+        for (int L2 = 0; L2 < 32; ++L2)
+          for (int e = 0; e < 4; ++e) dk[n][L2][e] = dv[n][L2][e] = 0.f;
+      for (int t = 0; t < kTiles; ++t) {
+        emu_abt<D, NT>(p, sK, warp * 16 * kLd, tQ[t], 0);
+        for (int n = 0; n < NT; ++n)
+          for (int l = 0; l < 32; ++l)
+            for (int e = 0; e < 4; ++e) p[n][l][e] += kb[warp * 16 + c_row(l, e)] - L[t * kT + c_col(n, l, e)];
+        emu_cb<D, NT>(dv, p, tO[t], 0, 0, D / 16);
+        emu_abt<D, NT>(ds, sV, warp * 16 * kLd, tO[t], 0);
+        for (int n = 0; n < NT; ++n)
+          for (int l = 0; l < 32; ++l)
+            for (int e = 0; e < 4; ++e) ds[n][l][e] = p[n][l][e] * (ds[n][l][e] - dl[t * kT + c_col(n, l, e)]);
+        emu_cb<D, NT>(dk, ds, tQ[t], 0, 0, D / 16);
+      }
+      for (int n = 0; n < D / 8; ++n)
+        for (int l = 0; l < 32; ++l)
+          for (int e = 0; e < 4; ++e) {
+            const int r = warp * 16 + c_row(l, e), c = c_col(n, l, e);
+            dK[r * D + c] = dk[n][l][e], dV[r * D + c] = dv[n][l][e];
+          }
+    }
+    for (int j = 0; j < kBR; ++j) {
+      std::vector<float> wk(D, 0.f), wv(D, 0.f);
+      for (int t = 0; t < kTiles; ++t)
+        for (int i = 0; i < kT; ++i) {
+          float s = 0.f, dp = 0.f;
+          for (int c = 0; c < D; ++c) s += sK[j * kLd + c] * tQ[t][i * kLd + c], dp += sV[j * kLd + c] * tO[t][i * kLd + c];
+          const float pp = s + kb[j] - L[t * kT + i], dss = pp * (dp - dl[t * kT + i]);
+          for (int c = 0; c < D; ++c) wv[c] += pp * tO[t][i * kLd + c], wk[c] += dss * tQ[t][i * kLd + c];
+        }
+      for (int c = 0; c < D; ++c) {
+        expect(dV[j * D + c] == wv[c], "bwd key side dV~", j, c);
+        expect(dK[j * D + c] == wk[c], "bwd key side dK~", j, c);
+      }
+    }
+  }
+  // ---- query side: block rows = queries (Q~, dO~, L, delta), streamed = key tiles (K~, V~, key bias)
+  {
+    std::vector<float> sQ, sO, tK[kTiles], tV[kTiles];
+    fill(sQ, kBR), fill(sO, kBR);
+    std::vector<float> L(kBR), dl(kBR), kb(kTiles * kT);
+    for (auto& x : kb) x = float(ub(rng));
+    for (auto& x : L) x = float(ub(rng));
+    for (auto& x : dl) x = float(ub(rng));
+    for (int t = 0; t < kTiles; ++t) fill(tK[t], kT), fill(tV[t], kT);
+    const int lo = D / 16 > 2 ? 1 : 0, hi = D / 16 - 1;  // o~ tiles, as for an SE(3) segment inside the head
+    std::vector<float> dQ(kBR * D, 0.f), Ot(kBR * D, 0.f);
+    for (int warp = 0; warp < 4; ++warp) {
+      static float dq[D / 8][32][4], o[D / 8][32][4], p[NT][32][4], ds[NT][32][4];
+      for (int n = 0; n < D / 8; ++n)
+        for (int l = 0; l < 32; ++l)
+          for (int e = 0; e < 4; ++e) dq[n][l][e] = o[n][l][e] = 0.f;
+      for (int t = 0; t < kTiles; ++t) {
+        emu_abt<D, NT>(p, sQ, warp * 16 * kLd, tK[t], 0);
+        for (int n = 0; n < NT; ++n)
+          for (int l = 0; l < 32; ++l)
+            for (int e = 0; e < 4; ++e) p[n][l][e] += kb[t * kT + c_col(n, l, e)] - L[warp * 16 + c_row(l, e)];
+        emu_cb<D, NT>(o, p, tV[t], 0, lo, hi);
+        emu_abt<D, NT>(ds, sO, warp * 16 * kLd, tV[t], 0);
+        for (int n = 0; n < NT; ++n)
+          for (int l = 0; l < 32; ++l)
+            for (int e = 0; e < 4; ++e) ds[n][l][e] = p[n][l][e] * (ds[n][l][e] - dl[warp * 16 + c_row(l, e)]);
+        emu_cb<D, NT>(dq, ds, tK[t], 0, 0, D / 16);
+      }
+      for (int n = 0; n < D / 8; ++n)
+        for (int l = 0; l < 32; ++l)
+          for (int e = 0; e < 4; ++e) {
+            const int r = warp * 16 + c_row(l, e), c = c_col(n, l, e);
+            dQ[r * D + c] = dq[n][l][e], Ot[r * D + c] = o[n][l][e];
+          }
+    }
+    for (int i = 0; i < kBR; ++i) {
+      std::vector<float> wq(D, 0.f), wo(D, 0.f);
+      for (int t = 0; t < kTiles; ++t)
+        for (int j = 0; j < kT; ++j) {
+          float s = 0.f, dp = 0.f;
+          for (int c = 0; c < D; ++c) s += sQ[i * kLd + c] * tK[t][j * kLd + c], dp += sO[i * kLd + c] * tV[t][j * kLd + c];
+          const float pp = s + kb[t * kT + j] - L[i], dss = pp * (dp - dl[i]);
+          for (int c = 0; c < D; ++c) wo[c] += pp * tV[t][j * kLd + c], wq[c] += dss * tK[t][j * kLd + c];
+        }
+      for (int c = 0; c < D; ++c) {
+        expect(dQ[i * D + c] == wq[c], "bwd query side dQ~", i, c);
+        expect(Ot[i * D + c] == (c / 16 >= lo && c / 16 < hi ? wo[c] : 0.f), "bwd query side o~", i, c);
+      }
+    }
+  }
+  std::printf("backward block check D=%d (tile %d) done\n", D, kT);
+}
+
 }  // namespace
 
 int main() {
@@ -180,6 +357,10 @@ int main() {
   check_warp_tile<64>(rng);
   check_warp_tile<96>(rng);
   check_warp_tile<128>(rng);
+  check_bwd_block<32>(rng);
+  check_bwd_block<64>(rng);
+  check_bwd_block<96>(rng);
+  check_bwd_block<128>(rng);
   const int splits[][4] = {{0, 32, 0, 32}, {4, 8, 8, 12}, {8, 0, 16, 8}, {0, 16, 8, 40}, {4, 4, 24, 0},
                            {32, 0, 0, 0},  {0, 0, 0, 16}, {12, 20, 8, 24}, {0, 4, 8, 20}};
   for (auto& sp : splits) check_chunks(rng, sp[0], sp[1], sp[2], sp[3]);
