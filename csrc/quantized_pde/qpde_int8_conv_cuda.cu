@@ -466,6 +466,7 @@ struct Conv1x1Args {
   int Ci, Co, HW, nk, tilesP, x_zp;
   float x_scale, inv_out, out_zp;
   Act act;
+  bool w4;               // Ci % 4 == 0 and w 4-byte aligned: weight words in one load
 };
 
 __device__ __forceinline__ void cp_async16_cg(uint32_t dst, const void* src) {  // streamed once: L2 only
@@ -482,10 +483,6 @@ __device__ __forceinline__ uint32_t lds32(uint32_t addr) {
   uint32_t v;
   asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
   return v;
-}
-
-__device__ __forceinline__ void sts32(uint32_t addr, uint32_t v) {
-  asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
 }
 
 __device__ __forceinline__ void sts128(uint32_t addr, uint4 v) {
@@ -539,20 +536,26 @@ __global__ void __launch_bounds__(kThreads, 4) int8_conv1x1_kernel(const Conv1x1
     cp_async_commit();
   }
 
-  // ---- weights, once: word e = (row r, k 4q..4q+3) of the block's 64 rows (0 past Ci or Co)
+  // ---- weights, once: word e = (row r, k 4q..4q+3) of the block's 64 rows (0 past Ci or Co). Plain
+  // (not asm volatile) shared stores, so the compiler may batch the loads of several iterations.
   {
     const int words = a.nk * 8;  // Cp / 4 per row
     for (int e = tid; e < k1BC * words; e += kThreads) {
       const int r = e / words, k = (e - r * words) * 4, co = co0 + r;
       uint32_t v = 0;
       if (co < a.Co) {
-        const int8_t* wr = a.w + static_cast<int64_t>(co) * a.Ci;
+        const int8_t* wr = a.w + static_cast<int64_t>(co) * a.Ci + k;
+        if (a.w4) {  // Ci % 4 == 0, w 4-byte aligned: k < Ci means all 4 inside
+          if (k < a.Ci) v = __ldg(reinterpret_cast<const unsigned int*>(wr));
+        } else {
 #pragma unroll
-        for (int b = 0; b < 4; ++b)
-          if (k + b < a.Ci) v |= static_cast<uint32_t>(static_cast<uint8_t>(wr[k + b])) << (8 * b);
+          for (int b = 0; b < 4; ++b)
+            if (k + b < a.Ci) v |= static_cast<uint32_t>(static_cast<uint8_t>(__ldg(wr + b))) << (8 * b);
+        }
       }
       const int kc = k >> 5, kin = k & 31;
-      sts32(wbase + kc * k1WChunkBytes + r * 32 + ((((kin >> 4) ^ ((r >> 2) & 1))) << 4) + (kin & 15), v);
+      *reinterpret_cast<uint32_t*>(smem1 + k1RingBytes + kc * k1WChunkBytes + r * 32 +
+                                   ((((kin >> 4) ^ ((r >> 2) & 1))) << 4) + (kin & 15)) = v;
     }
   }
 
@@ -809,6 +812,7 @@ void int8_conv_1x1_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tens
   a.inv_out = e.inv_out;
   a.out_zp = static_cast<float>(e.out_zp);
   a.act = e.act;
+  a.w4 = g.Ci % 4 == 0 && reinterpret_cast<uintptr_t>(a.w) % 4 == 0;
   const bool vec = HW % 16 == 0 && reinterpret_cast<uintptr_t>(a.x) % 16 == 0 && reinterpret_cast<uintptr_t>(a.out) % 16 == 0;
   const dim3 grid(static_cast<unsigned>(g.N * tilesP), static_cast<unsigned>(round_up(g.Co, k1BC) / k1BC));
   const int smem = conv1x1_smem_bytes(static_cast<int>(Cp));

@@ -65,6 +65,7 @@ def run_1x1(x, w, ws, bias, xzp, xs, act, int8_out, os_, ozp, vec=None):
     assert 1 <= Ci and Cp <= k1MaxCp
     if vec is None:
         vec = HW % 16 == 0  # the host's choice (torch allocations are 16-byte aligned)
+    w4 = Ci % 4 == 0
     xb = x.numpy().astype(np.int8).reshape(-1).view(np.uint8)
     wb = w.numpy().astype(np.int8).reshape(-1).view(np.uint8)
     out = np.full(N * Co * HW, 99 if int8_out else np.nan, np.int8 if int8_out else np.float32)
@@ -124,10 +125,16 @@ def run_1x1(x, w, ws, bias, xzp, xs, act, int8_out, os_, ozp, vec=None):
                     co = co0 + r
                     v = np.zeros(4, np.uint8)
                     if co < Co:
-                        for b in range(4):
-                            if k + b < Ci:
-                                assert co * Ci + k + b < len(wb)
-                                v[b] = wb[co * Ci + k + b]
+                        wr = co * Ci + k
+                        if w4:
+                            if k < Ci:
+                                assert wr % 4 == 0 and wr + 4 <= len(wb)
+                                v[:] = wb[wr:wr + 4]
+                        else:
+                            for b in range(4):
+                                if k + b < Ci:
+                                    assert wr + b < len(wb)
+                                    v[b] = wb[wr + b]
                     kc, kin = k >> 5, k & 31
                     dst = k1RingBytes + kc * k1WChunkBytes + r * 32 + (((kin >> 4) ^ ((r >> 2) & 1)) << 4) + (kin & 15)
                     smem[dst:dst + 4] = v
@@ -313,6 +320,7 @@ CASES = [  # (N, Ci, H, W, Co, vec): Ci 3/17/64/100/200/256 (1, 1, 2, 4, 7, 8 k 
     (1, 256, 11, 3, 80, None),
     (1, 100, 16, 20, 64, False),
     (3, 3, 1, 37, 64, None),
+    (3, 64, 16, 20, 80, None),
 ]
 
 if __name__ == "__main__":
