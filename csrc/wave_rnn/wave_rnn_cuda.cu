@@ -38,7 +38,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <string>
+#include <string_view>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -507,6 +510,15 @@ batch_sum_kernel(const A* __restrict__ part, int64_t rows, int64_t width, int64_
   }
 }
 
+}  // namespace
+
+}  // namespace phasor::wave
+
+#include "wave_rnn/wave_rnn_cuda_fast.cuh"
+
+namespace phasor::wave {
+namespace {
+
 // ------------------------------------------------------------------ host side
 
 inline void check_cuda_dtype(const char* op, const char* name, const at::Tensor& t) {
@@ -544,6 +556,70 @@ void allow_smem(Kernel* kernel, int64_t bytes) {
   }
 }
 
+// PHASOR_WAVE_CUDA_KERNEL: unset, "" or "auto" = the register-tiled kernels (wave_rnn_cuda_fast.cuh)
+// where they apply (plain op, f = 3, c <= their bound, shared memory fits), else the block kernels;
+// "block" = always the block kernels. Read on every call so tests and benchmarks can switch.
+enum class KernelChoice { kAuto, kBlock };
+
+KernelChoice kernel_choice(const char* op) {
+  const char* env = std::getenv("PHASOR_WAVE_CUDA_KERNEL");
+  const std::string_view v = env ? env : "";
+  if (v.empty() || v == "auto") return KernelChoice::kAuto;
+  if (v == "block") return KernelChoice::kBlock;
+  TORCH_CHECK_VALUE(false, op, ": PHASOR_WAVE_CUDA_KERNEL must be auto or block, got '", std::string(v), "'");
+}
+
+// Largest c of the fast kernels: the forward holds c * 3 weights per thread, the backward twice that
+// (flipped taps and the weight-gradient accumulators), within 255 registers and no spills.
+template <typename A>
+constexpr int kFastFwdMaxC = std::is_same_v<A, double> ? 16 : 32;
+template <typename A>
+constexpr int kFastBwdMaxC = std::is_same_v<A, double> ? 8 : 16;
+
+struct FastPlan {
+  int cm = 0;  // the kernel's compile-time channel bound; 0: the fast kernels do not apply
+  fast::FastGeo geo{};
+  int64_t bytes = 0;
+};
+
+// Smallest x >= lo that is a multiple of unit with x / unit odd: rows start 16 bytes apart modulo
+// an odd number of 16-byte bank groups, so 8 lanes on 8 consecutive rows hit distinct banks.
+inline int64_t odd_multiple(int64_t lo, int64_t unit) {
+  int64_t x = ceil_div<int64_t>(lo, unit);
+  if (x % 2 == 0) ++x;
+  return x * unit;
+}
+
+template <typename T>
+FastPlan plan_fast(const Dims& d, bool backward, int64_t limit, std::initializer_list<const void*> srcs,
+                   const void* dst) {
+  using A = acc_t<T>;
+  FastPlan fp;
+  const int max_c = backward ? kFastBwdMaxC<A> : kFastFwdMaxC<A>;
+  if (d.f != 3 || d.c > max_c || d.n > (1 << 20)) return fp;
+  fast::FastGeo& g = fp.geo;
+  const int64_t ntiles = ceil_div<int64_t>(d.n, fast::kRJ);
+  const int64_t ld = odd_multiple(fast::kP0 + fast::kRJ * ntiles + 1, static_cast<int64_t>(16 / sizeof(A)));
+  const int64_t ldu = odd_multiple(fast::kRJ * ntiles, static_cast<int64_t>(16 / sizeof(T)));
+  const int64_t ldr = odd_multiple(fast::kRJ * ntiles, static_cast<int64_t>(16 / sizeof(A)));
+  const int64_t state = (backward ? 4 * d.c * ld + d.c * ldr : 2 * d.c * ld) * static_cast<int64_t>(sizeof(A));
+  const int64_t ring = fast::kStages * (backward ? 2 : 1) * d.c * ldu * static_cast<int64_t>(sizeof(T));
+  if (state + ring > limit) return fp;
+  bool aligned16 = (d.n * static_cast<int64_t>(sizeof(T))) % 16 == 0;
+  for (const void* p : srcs) aligned16 = aligned16 && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+  g.ntiles = static_cast<int>(ntiles);
+  g.JG = static_cast<int>(fast::kFastThreads / d.c);
+  g.ld = static_cast<int>(ld);
+  g.ldu = static_cast<int>(ldu);
+  g.ldr = static_cast<int>(ldr);
+  g.stage_mode = aligned16 ? fast::kStageVec16 : (sizeof(T) >= 4 ? fast::kStageElem : fast::kStageSync);
+  g.vec_out = d.n % 4 == 0 && reinterpret_cast<uintptr_t>(dst) % alignof(fast::V4<T>) == 0;
+  g.state_bytes = static_cast<int>(state);
+  fp.bytes = state + ring;
+  fp.cm = d.c <= 16 ? (backward && std::is_same_v<A, double> ? kFastBwdMaxC<A> : 16) : max_c;
+  return fp;
+}
+
 // Sum the [rows, width] partials into dst0 (first split columns) and dst1 (the rest).
 template <typename A>
 void launch_batch_sum(const char* op, const at::Tensor& part, int64_t rows, int64_t width, int64_t split,
@@ -569,9 +645,33 @@ at::Tensor run_forward(const char* op, const Dims& d, const at::Tensor& u, const
   const int64_t limit = smem_optin_limit();
   auto stream = c10::cuda::getCurrentCUDAStream();
 
+  const bool try_fast = !proj && kernel_choice(op) == KernelChoice::kAuto;
   dispatch_dtype(ref.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
+    if (try_fast) {
+      const FastPlan fp = plan_fast<T>(d, false, limit, {u.const_data_ptr()}, out.const_data_ptr());
+      if (fp.cm > 0) {
+        FwdParams<T> P{};
+        P.u = u.const_data_ptr<T>();
+        P.W = weight.const_data_ptr<A>();
+        P.bias = bias.const_data_ptr<A>();
+        P.h0 = h0.const_data_ptr<T>();
+        P.out = out.mutable_data_ptr<T>();
+        set_geometry(P, d, fp.geo.ld, act);
+        P.return_all = return_all;
+        auto launch = [&](auto cm_tag) {
+          constexpr int CM = decltype(cm_tag)::value;
+          auto* kernel = fast::wave_fwd_fast_kernel<T, CM>;
+          allow_smem(kernel, fp.bytes);
+          kernel<<<grid, fast::kFastThreads, fp.bytes, stream>>>(P, fp.geo);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        };
+        if (fp.cm == 16) launch(std::integral_constant<int, 16>{});
+        else if constexpr (!std::is_same_v<A, double>) launch(std::integral_constant<int, 32>{});
+        return;
+      }
+    }
     const int64_t ld = row_stride(d);
     const int64_t need = (2 * d.c * ld + d.c * d.c * d.f + d.c) * static_cast<int64_t>(sizeof(A));
     check_state_fits(op, d, need, limit, "state (two padded copies) and weight");
@@ -621,13 +721,50 @@ std::vector<at::Tensor> run_backward(const char* op, const Dims& d, const at::Te
   at::Tensor grad_b = at::empty({d.c}, popts);
   at::Tensor grad_V = proj ? at::empty({cn, d.n_inp}, V.options()) : at::Tensor();
   at::Tensor grad_bV = proj ? at::empty({cn}, V.options()) : at::Tensor();
-  at::Tensor part_w = at::empty({part_rows, nw + d.c}, popts);
   at::Tensor part_v = proj ? at::empty({part_rows, (d.n_inp + 1) * cn}, V.options()) : at::Tensor();
   auto stream = c10::cuda::getCurrentCUDAStream();
 
+  const bool try_fast = !proj && run && kernel_choice(op) == KernelChoice::kAuto;
   dispatch_dtype(H.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
+    if (try_fast) {
+      const FastPlan fp = plan_fast<T>(d, true, smem_optin_limit(),
+                                       {gH.const_data_ptr(), H.const_data_ptr(), h0.const_data_ptr()},
+                                       grad_u.const_data_ptr());
+      if (fp.cm > 0) {
+        // One partial row per (sample, tile group), summed in that order below.
+        const int64_t rows = d.B * fp.geo.JG;
+        at::Tensor part_w = at::empty({rows, nw + d.c}, popts);
+        BwdParams<T> P{};
+        P.gH = gH.const_data_ptr<T>();
+        P.H = H.const_data_ptr<T>();
+        P.h0 = h0.const_data_ptr<T>();
+        P.W = weight.const_data_ptr<A>();
+        P.grad_u = grad_u.mutable_data_ptr<T>();
+        P.grad_h0 = grad_h0.mutable_data_ptr<T>();
+        P.part_w = part_w.mutable_data_ptr<A>();
+        set_geometry(P, d, fp.geo.ld, act);
+        const unsigned grid = grid_for(d.B, op, "samples");
+        auto launch = [&](auto cm_tag) {
+          constexpr int CM = decltype(cm_tag)::value;
+          auto* kernel = fast::wave_bwd_fast_kernel<T, CM>;
+          allow_smem(kernel, fp.bytes);
+          kernel<<<grid, fast::kFastThreads, fp.bytes, stream>>>(P, fp.geo);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        };
+        if constexpr (std::is_same_v<A, double>) {
+          launch(std::integral_constant<int, kFastBwdMaxC<double>>{});
+        } else {
+          if (fp.cm == 16) launch(std::integral_constant<int, 16>{});
+          else launch(std::integral_constant<int, kFastBwdMaxC<float>>{});
+        }
+        launch_batch_sum<A>(op, part_w, rows, nw + d.c, nw, 1, grad_w.mutable_data_ptr<A>(),
+                            grad_b.mutable_data_ptr<A>(), stream);
+        return;
+      }
+    }
+    at::Tensor part_w = at::empty({part_rows, nw + d.c}, popts);
     if (run) {
       const at::Tensor Vt = proj ? V.t().contiguous() : at::Tensor();
       const int64_t ld = row_stride(d);
