@@ -418,7 +418,7 @@ __global__ void __launch_bounds__(kThreads, 4) int8_conv_mma_kernel(const MmaArg
 }
 
 // ------------------------------------------------------------------- direct 1x1 kernel (no prep)
-// A 1x1, stride-1, unpadded conv is per image Y[Co][HW] = W[Co][Ci] X[Ci][HW], and NCHW already
+// A 1x1, stride-1, unpadded conv (dilation does nothing to it) is per image Y[Co][HW] = W[Co][Ci] X[Ci][HW], and NCHW already
 // stores X as [channel][pixel]. This kernel reads it as it is, with no NHWC copy (the prep pass of
 // the kernel above reads and writes the whole input once more: ~2x the traffic of a 1x1 conv).
 //
@@ -434,16 +434,17 @@ __global__ void __launch_bounds__(kThreads, 4) int8_conv_mma_kernel(const MmaArg
 // Tiles: 64 output channels x 128 pixels of one image per block, 4 warps of 32 x 64, 32 k per
 // pipeline stage (one k chunk), kStages1 cp.async stages. N-tile jj of warp wn holds, in column g,
 // pixel wn*64 + 8g + jj, so accumulator c[2h + e] of lane (g, t) is channel g + 8h and pixel
-// wn*64 + 16t + 8e + jj: each lane owns 16 consecutive pixels of 4 channels per m tile pair, and
-// the epilogue stores them straight from registers (one 16-byte int8 store, or four float4).
+// wn*64 + 16t + 8e + jj: a lane owns 16 consecutive pixels of each of its 4 channels (2 m tiles x
+// rows g, g + 8), and the epilogue stores them straight from registers (one 16-byte int8 store or
+// four float4 per channel; no staging tile).
 //
 // Shared memory (dynamic, 16 KB + 2 KB per 32 input channels + 256 B):
 //   X ring [kStages1][32 k][128 B]: 16-byte chunk ch of row k at ch ^ (2 ((k >> 2) & 3)). A half
 //     warp's LDS.64 reads rows 4t + i (t = 0..3) x 32 bytes: the XOR by 2t puts the 4 rows' chunk
 //     pairs on 8 different bank groups; the cp.async writes (8 chunks of one row per quarter warp)
 //     stay a permutation of one row.
-//   W [Cp / 32][64 rows][32 B], loaded once per block (byte loads: Ci need not be a multiple of 16,
-//     channels >= Ci and rows >= Co are 0): half hf of row r at hf ^ ((r >> 2) & 1), so the 8 rows
+//   W [Cp / 32][64 rows][32 B], loaded once per block from W[Co][Ci] as it is (4-byte loads where
+//     Ci % 4 == 0, else byte loads; channels >= Ci and rows >= Co are 0): half hf of row r at hf ^ ((r >> 2) & 1), so the 8 rows
 //     of one ldmatrix phase cover 8 bank groups.
 //   corr [64] int32: x_zp * sum(w) per row (the zero point is removed as in the kernel above).
 constexpr int k1BP = 128;                 // pixels per block
