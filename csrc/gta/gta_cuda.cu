@@ -14,7 +14,9 @@
 //
 // Arithmetic in float32 (storage float32, float16 or bfloat16; geometry float32). These are SIMT
 // kernels (FFMA, no tensor-core MMA). float16/bfloat16 forwards with head dim 32/64/96/128 go to the
-// tensor-core kernel of gta_cuda_mma.cu instead (same outputs and contract; PHASOR_GTA_CUDA_KERNEL below).
+// tensor-core kernel of gta_cuda_mma.cu instead (same outputs and contract; PHASOR_GTA_CUDA_KERNEL below),
+// and their backwards replace the prologue, key-side and query-side kernels by the tensor-core ones of
+// gta_cuda_mma_bwd.cu, which write the same float32 dq~, dk~, dv~, o~ for the SE(3) reduction and epilogue.
 // The per-token geometry (apply_channel) is shared with it in gta_cuda_geometry.cuh.
 #include "gta/gta.h"
 #include "gta/gta_cuda_geometry.cuh"
