@@ -1,10 +1,11 @@
 """Host-side emulations of the CUDA kernels' index math, run on machines without a GPU.
 
-The tensor-core kernels' fragment layouts, lane addresses, swizzles and tile ownership cannot be run
+The tensor-core and cluster kernels' fragment layouts, lane addresses, swizzles and tile ownership cannot be run
 on the CPU machine, so each is mirrored by a host program (kept next to its system's tests) that
 replays the kernel's addressing and compares with a plain computation. Running them here means an
 edit that breaks the mapping fails CI before it reaches a GPU session. Slow (nvcc or a Python
-thread-level emulation); CI runs slow tests.
+thread-level emulation); CI runs slow tests. The cv-RNN cluster kernels' emulation is an ordinary
+test module (tests/complex_rnn/test_cvrnn_cuda_index_emulation.py).
 """
 import os
 import shutil
@@ -50,3 +51,9 @@ def test_int8_conv_mma_kernel_emulation_matches_cpu_op():
     lines = run.stdout.splitlines()
     assert sum(" OK" in line for line in lines) >= 7, run.stdout[-4000:]
     assert not any("FAIL" in line or "exact: False" in line for line in lines), run.stdout[-4000:]
+
+
+@pytest.mark.slow
+def test_int8_conv1x1_direct_kernel_emulation_matches_cpu_op():
+    run = _run([sys.executable, "tests/quantized_pde/emulate_int8_conv1x1.py"], timeout=1800)
+    assert run.returncode == 0 and "ALL OK" in run.stdout, (run.stdout + run.stderr)[-4000:]
