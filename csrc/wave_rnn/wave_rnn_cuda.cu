@@ -18,6 +18,11 @@
 // Storage dtypes: u / x / H / grads float32, float64, float16 or bfloat16. Arithmetic, the
 // on-chip state and the parameters are in A = float (double for float64), as param_dtype_for.
 //
+// For f = 3 and small c (the model's layers), the plain op runs the register-tiled kernels of
+// wave_rnn_cuda_fast.cuh instead (weights in registers, one window load per input row and tile;
+// the block kernels are bound by shared-memory loads); PHASOR_WAVE_CUDA_KERNEL=block forces the
+// kernels below, which also serve every other shape and the projected ops.
+//
 // Parameter gradients are deterministic and use no atomics: each block accumulates its
 // sample's partial over all T steps (fixed thread ownership of every accumulator, in A), writes
 // it to a [B, ...] scratch, and batch_sum_kernel adds the B partials in batch order (in double).
@@ -604,18 +609,20 @@ FastPlan plan_fast(const Dims& d, bool backward, int64_t limit, std::initializer
   const int64_t ldr = odd_multiple(fast::kRJ * ntiles, static_cast<int64_t>(16 / sizeof(A)));
   const int64_t state = (backward ? 4 * d.c * ld + d.c * ldr : 2 * d.c * ld) * static_cast<int64_t>(sizeof(A));
   const int64_t ring = fast::kStages * (backward ? 2 : 1) * d.c * ldu * static_cast<int64_t>(sizeof(T));
-  if (state + ring > limit) return fp;
+  const int64_t jg = fast::kFastThreads / d.c;
+  const int64_t scratch = backward ? jg * (d.c * d.c * 3 + d.c) * static_cast<int64_t>(sizeof(A)) : 0;
+  fp.bytes = std::max(state + ring, scratch);
+  if (fp.bytes > limit) return fp;
   bool aligned16 = (d.n * static_cast<int64_t>(sizeof(T))) % 16 == 0;
   for (const void* p : srcs) aligned16 = aligned16 && reinterpret_cast<uintptr_t>(p) % 16 == 0;
   g.ntiles = static_cast<int>(ntiles);
-  g.JG = static_cast<int>(fast::kFastThreads / d.c);
+  g.JG = static_cast<int>(jg);
   g.ld = static_cast<int>(ld);
   g.ldu = static_cast<int>(ldu);
   g.ldr = static_cast<int>(ldr);
   g.stage_mode = aligned16 ? fast::kStageVec16 : (sizeof(T) >= 4 ? fast::kStageElem : fast::kStageSync);
   g.vec_out = d.n % 4 == 0 && reinterpret_cast<uintptr_t>(dst) % alignof(fast::V4<T>) == 0;
   g.state_bytes = static_cast<int>(state);
-  fp.bytes = state + ring;
   fp.cm = d.c <= 16 ? (backward && std::is_same_v<A, double> ? kFastBwdMaxC<A> : 16) : max_c;
   return fp;
 }
@@ -733,9 +740,7 @@ std::vector<at::Tensor> run_backward(const char* op, const Dims& d, const at::Te
                                        {gH.const_data_ptr(), H.const_data_ptr(), h0.const_data_ptr()},
                                        grad_u.const_data_ptr());
       if (fp.cm > 0) {
-        // One partial row per (sample, tile group), summed in that order below.
-        const int64_t rows = d.B * fp.geo.JG;
-        at::Tensor part_w = at::empty({rows, nw + d.c}, popts);
+        at::Tensor part_w = at::empty({d.B, nw + d.c}, popts);
         BwdParams<T> P{};
         P.gH = gH.const_data_ptr<T>();
         P.H = H.const_data_ptr<T>();
@@ -759,7 +764,7 @@ std::vector<at::Tensor> run_backward(const char* op, const Dims& d, const at::Te
           if (fp.cm == 16) launch(std::integral_constant<int, 16>{});
           else launch(std::integral_constant<int, kFastBwdMaxC<float>>{});
         }
-        launch_batch_sum<A>(op, part_w, rows, nw + d.c, nw, 1, grad_w.mutable_data_ptr<A>(),
+        launch_batch_sum<A>(op, part_w, d.B, nw + d.c, nw, 1, grad_w.mutable_data_ptr<A>(),
                             grad_b.mutable_data_ptr<A>(), stream);
         return;
       }

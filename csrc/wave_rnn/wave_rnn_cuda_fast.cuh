@@ -9,7 +9,7 @@
 // feeds 12 FMAs. Consecutive lanes take consecutive o (o = tid % c), so a warp's window loads hit
 // one or two addresses (broadcast) and the tile stores land in distinct banks.
 //
-// Index map (checked by tests/wave_rnn/emulate_wave_fast.py, which mirrors it on the host):
+// Index map (checked by tests/wave_rnn/test_wave_rnn_cuda_fast_emulation.py, which mirrors it on the host):
 //   thread tid: o = tid % c, jg = tid / c, active iff jg < JG = kFastThreads / c;
 //   tiles jt = jg, jg + JG, ... < ntiles = ceil(n / 4), positions j0 = 4 jt .. j0 + 3 (< n stored).
 //   padded state row (ld elements): row[kP0 + j] = h[j], row[kP0 - 1] = h[n - 1],
@@ -23,8 +23,9 @@
 // publishes them. Outputs are written from the padded state rows after a barrier, coalesced.
 //
 // Weight gradient (backward): each thread accumulates gW[o, :, :] and grad_bias[o] over its tiles
-// and all T steps in registers, then writes one partial row (b, jg); batch_sum_kernel adds the
-// B * JG rows in a fixed order (deterministic, no atomics).
+// and all T steps in registers; at the end the block adds its JG tile groups in group order into
+// the sample's partial row, and batch_sum_kernel adds the B rows in batch order (deterministic,
+// no atomics).
 #pragma once
 
 namespace phasor::wave::fast {
@@ -252,7 +253,8 @@ __global__ void __launch_bounds__(kFastThreads, 1) wave_fwd_fast_kernel(const Fw
 // D and Hp are double-buffered by the parity of t: A(s + 1) writes the other pair while slower
 // threads may still be in B(s); A(s + 2) rewrites this pair after barrier s + 1. r is owner-only.
 //
-// Shared memory: D 2 * c * ld | Hp 2 * c * ld | r c * ldr (A) | kStages slots of 2 * c * ldu (T).
+// Shared memory: D 2 * c * ld | Hp 2 * c * ld | r c * ldr (A) | kStages slots of 2 * c * ldu (T);
+// at the end, the weight-gradient scratch JG * (c * c * 3 + c) (A) over all of it.
 template <typename T, int CM>
 __global__ void __launch_bounds__(kFastThreads, 1) wave_bwd_fast_kernel(const BwdParams<T> P, const FastGeo G) {
   using A = acc_t<T>;
@@ -362,16 +364,26 @@ __global__ void __launch_bounds__(kFastThreads, 1) wave_bwd_fast_kernel(const Bw
     }
     write_rows(P.grad_u + t * tstride + b * cn, D, c, n, ld, G.vec_out != 0, tid);
   }
-  cp_async_wait<0>();  // no copy may land after the block exits
+  cp_async_wait<0>();  // no copy may land in the scratch below
+  __syncthreads();      // every thread done with D, Hp and the ring
 
-  // This thread's partial row (b, jg): every (o, jg < JG) thread writes its columns, zeros if it had no tile.
+  // The sample's weight-gradient partial: the JG tile groups' rows (scratch [JG][nw + c], over the
+  // state regions) added in group order, so the batch sum has B rows and no atomics anywhere.
+  const int nw = c * c * 3;
+  A* const scratch = reinterpret_cast<A*>(smem_raw);
   if (active) {
-    const int nw = c * c * 3;
-    A* const pw = P.part_w + (b * JG + jg) * (nw + c);
+    A* const row = scratch + jg * (nw + c);
 #pragma unroll
     for (int q = 0; q < CM * 3; ++q)
-      if (q < c * 3) pw[o * c * 3 + q] = gw[q];
-    pw[nw + o] = gb;
+      if (q < c * 3) row[o * c * 3 + q] = gw[q];
+    row[nw + o] = gb;
+  }
+  __syncthreads();
+  A* const pw = P.part_w + b * (nw + c);
+  for (int col = tid; col < nw + c; col += kFastThreads) {
+    A sum = A(0);
+    for (int g = 0; g < JG; ++g) sum += scratch[g * (nw + c) + col];
+    pw[col] = sum;
   }
 }
 

@@ -4,7 +4,7 @@ kernels (PHASOR_WAVE_CUDA_KERNEL=block), the CPU op and the float64 reference.
 The fast kernels apply to the plain op with f = 3: forward for c <= 32 (c <= 16 in float64),
 backward for c <= 16 (c <= 8 in float64); other shapes fall back to the block kernels, so every
 case here is valid either way. The index math is also emulated on the host
-(tests/wave_rnn/emulate_wave_fast.py).
+(tests/wave_rnn/test_wave_rnn_cuda_fast_emulation.py).
 
 float32 gradients with relu are compared in float64 or with tanh/identity: two float32 runs that
 sum in different orders can flip the activation mask of a near-zero pre-activation and move single
@@ -108,8 +108,8 @@ def test_fast_backward_matches_block(shape, dtype, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fast_matches_cpu_and_repeats_bitwise(dtype, monkeypatch):
-    """The CPU op, two fast runs (identical bits: per-(sample, tile group) partials summed in a fixed
-    order, no atomics), without h0 (zeros)."""
+    """The CPU op, two fast runs (identical bits: tile-group partials added in group order in the
+    block, samples in batch order, no atomics), without h0 (zeros)."""
     d = inputs((11, 5, 16, 64), dtype)
     act = "relu" if dtype == torch.float64 else "tanh"
     a = run(monkeypatch, "auto", d, act, h0=False)

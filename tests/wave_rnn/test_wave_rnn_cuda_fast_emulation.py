@@ -1,8 +1,8 @@
 """Host emulation of the index math of csrc/wave_rnn/wave_rnn_cuda_fast.cuh (the register-tiled
 wave-RNN CUDA kernels), for checks without a GPU.
 
-Run: .venv/bin/python -m pytest -q tests/wave_rnn/emulate_wave_fast.py
- (or .venv/bin/python tests/wave_rnn/emulate_wave_fast.py for the same checks without pytest).
+Run: .venv/bin/python -m pytest -q tests/wave_rnn/test_wave_rnn_cuda_fast_emulation.py (about 5 s; part of
+the CPU suite), or .venv/bin/python tests/wave_rnn/test_wave_rnn_cuda_fast_emulation.py (prints each case).
 
 It replays the kernels thread by thread on flat "shared memory" arrays with the same offsets as the
 CUDA code (geometry as plan_fast in wave_rnn_cuda.cu, padded rows with kP0 = 4, tiles of 4
@@ -37,6 +37,11 @@ def plan(c, n, sa, st, backward):
     ntiles = -(-n // RJ)
     return dict(ntiles=ntiles, JG=NT // c, ld=odd_multiple(P0 + RJ * ntiles + 1, 16 // sa),
                 ldu=odd_multiple(RJ * ntiles, 16 // st), ldr=odd_multiple(RJ * ntiles, 16 // sa), sa=sa, st=st)
+
+
+def smem_bytes(g, c, backward):
+    state = (4 * c * g["ld"] + c * g["ldr"] if backward else 2 * c * g["ld"]) * g["sa"]
+    return state + STAGES * (2 if backward else 1) * c * g["ldu"] * g["st"]
 
 
 class Smem:
@@ -223,7 +228,7 @@ def emulate_backward(gH, H, h0, W, act, sa=4, st=4):
     produced_u = np.zeros(grad_u.shape, dtype=int)
     produced_h0 = np.zeros(grad_h0.shape, dtype=int)
     nw = c * c * 3
-    part = np.full((B * JG, nw + c), np.nan)
+    part = np.full((B, nw + c), np.nan)
     for b in range(B):
         sm = Smem({"D": 2 * rows, "Hp": 2 * rows, "rg": c * ldr, "ring": STAGES * 2 * slot})
         committed = 0
@@ -306,15 +311,17 @@ def emulate_backward(gH, H, h0, W, act, sa=4, st=4):
             sm.wait_group(tid, committed, 0)
         sm.barrier()
         assert not sm.inflight
+        # the block's scratch [JG][nw + c] over the state regions, summed in group order
+        scratch = np.full((JG, nw + c), np.nan)
         for tid in range(NT):
             o, jg = tid % c, tid // c
             if jg < JG:
-                row = part[b * JG + jg]
-                row[o * c * 3:(o + 1) * c * 3] = gw[tid].ravel()
-                row[nw + o] = gb[tid]
+                scratch[jg, o * c * 3:(o + 1) * c * 3] = gw[tid].ravel()
+                scratch[jg, nw + o] = gb[tid]
+        assert not np.isnan(scratch).any(), "a scratch column was never written"
+        part[b] = scratch.sum(0)
     assert (produced_u == 1).all() and (produced_h0 == 1).all()
-    assert not np.isnan(part).any(), "a partial column was never written"
-    sums = part.sum(0)  # batch_sum_kernel: rows (b, jg) in order
+    sums = part.sum(0)  # batch_sum_kernel: rows b in order
     return grad_u, sums[:nw].reshape(c, c, 3), sums[nw:], grad_h0
 
 
@@ -355,6 +362,9 @@ def run_case(T, B, c, n, act, sizes=((4, 4), (8, 8), (4, 2))):
 def test_geometry_of_the_benchmark_shape():
     g = plan(16, 64, 4, 4, False)
     assert (g["ld"], g["ldu"], g["ntiles"], g["JG"]) == (76, 68, 16, 16)
+    assert smem_bytes(g, 16, False) == 31488  # 31 KB: no opt-in needed
+    gb = plan(16, 64, 4, 4, True)
+    assert gb["ldr"] == 68 and smem_bytes(gb, 16, True) == 67328  # 66 KB; scratch 16 x 784 x 4 = 50 KB fits in it
 
 
 def test_emulated_kernels_match_the_reference():
