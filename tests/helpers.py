@@ -207,3 +207,13 @@ def assert_bad_input(fn: Callable, *args, names: str | Sequence[str], exc=(Value
     text = str(info.value)
     assert any(re.search(rf"\b{re.escape(n)}\b", text) for n in names), (
         f"error message does not name {names}: {text!r}")
+
+
+def misaligned_copy(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of t whose data starts one element past a 16-byte boundary (so kernels'
+    vector loads and cp.async cannot assume alignment); the storage is one element longer."""
+    flat = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    view = flat[1:].view(t.shape)
+    view.copy_(t)
+    assert view.data_ptr() % 16 != 0
+    return view

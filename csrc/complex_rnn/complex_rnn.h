@@ -12,6 +12,7 @@
 #include <c10/util/Optional.h>
 
 #include <cmath>
+#include <vector>
 
 namespace phasor::cvrnn {
 
@@ -94,5 +95,15 @@ inline double gaussian_tap(int64_t k, int64_t N, double sigma) {
   const double d = double(k) / double(N);
   return std::exp(-d * d / (2.0 * sigma * sigma));
 }
+
+// Low-rank form of one axis factor of the sheet, G = U U^T (G is a Gaussian kernel matrix,
+// symmetric positive semidefinite): eigh in double, the eigenpairs above rel_tol * lambda_max kept,
+// each eigenvector scaled by the square root of its eigenvalue. One definition for the CPU kernels
+// and the CUDA host code (complex_rnn_lowrank.cpp), so both devices use the same factors.
+struct GaussianAxisFactor {
+  int64_t n = 0, r = 0;
+  std::vector<double> U;  // [n][r]
+};
+GaussianAxisFactor gaussian_axis_factor(int64_t n, double sigma, double rel_tol);
 
 }  // namespace phasor::cvrnn

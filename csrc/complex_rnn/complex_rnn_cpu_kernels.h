@@ -22,7 +22,6 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/linalg_eigh.h>
 #include <c10/util/complex.h>
 
 #include <cmath>
@@ -219,30 +218,14 @@ struct AxisFactor {
 
 template <typename T>
 AxisFactor axis_factor(int64_t n, int64_t npad, double sigma) {
-  auto G = at::empty({n, n}, at::TensorOptions().dtype(at::kDouble));
-  double* g = G.mutable_data_ptr<double>();
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < n; ++j) g[i * n + j] = gaussian_tap(i > j ? i - j : j - i, n, sigma);
-  auto [lam, V] = at::linalg_eigh(G);  // ascending eigenvalues
-  const double* l = lam.const_data_ptr<double>();
-  const double tol = (sizeof(T) == 8 ? 1e-17 : 1e-9) * l[n - 1];
+  GaussianAxisFactor g = gaussian_axis_factor(n, sigma, sizeof(T) == 8 ? 1e-17 : 1e-9);
   AxisFactor f;
   f.n = n;
-  int64_t first = n;
-  while (first > 0 && l[first - 1] > tol) --first;
-  f.r = n - first;
-  f.U.assign(n * f.r, 0.0);
+  f.r = g.r;
   f.Ut.assign(f.r * npad, 0.0);
-  const auto Vc = V.contiguous();
-  const double* v = Vc.const_data_ptr<double>();  // column k = eigenvector k
-  for (int64_t q = 0; q < f.r; ++q) {
-    const double sq = std::sqrt(l[first + q]);
-    for (int64_t i = 0; i < n; ++i) {
-      const double u = v[i * n + first + q] * sq;
-      f.U[i * f.r + q] = u;
-      f.Ut[q * npad + i] = u;
-    }
-  }
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t q = 0; q < f.r; ++q) f.Ut[q * npad + i] = g.U[i * f.r + q];
+  f.U = std::move(g.U);
   return f;
 }
 

@@ -42,7 +42,6 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/linalg_eigh.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -544,36 +543,11 @@ int64_t smem_limit(int dev) {
 // ---------------------------------------------------------------------------------------------------
 // Host side.
 
-// The low-rank factor of one axis, as the CPU kernel computes it (complex_rnn_cpu_kernels.h,
-// axis_factor<float>: eigh of the double G, eigenpairs above 1e-9 of the largest, each eigenvector
-// times sqrt(lambda)), kept in double. Same LAPACK call on the same matrix: the same factor.
-struct AxisFactorHost {
-  int64_t n = 0, r = 0;
-  std::vector<double> U;  // [n][r]
-};
+// The low-rank factor of one axis, from the function the CPU kernel's axis_factor<float> calls, with
+// its tolerance (eigenpairs above 1e-9 of the largest), kept in double: the same factor as the CPU's.
+using AxisFactorHost = GaussianAxisFactor;
 
-AxisFactorHost compute_axis_factor(int64_t n, double sigma) {
-  auto G = at::empty({n, n}, at::TensorOptions().dtype(at::kDouble));
-  double* g = G.mutable_data_ptr<double>();
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < n; ++j) g[i * n + j] = gaussian_tap(i > j ? i - j : j - i, n, sigma);
-  auto [lam, V] = at::linalg_eigh(G);  // ascending eigenvalues
-  const double* l = lam.const_data_ptr<double>();
-  const double tol = 1e-9 * l[n - 1];
-  AxisFactorHost f;
-  f.n = n;
-  int64_t first = n;
-  while (first > 0 && l[first - 1] > tol) --first;
-  f.r = n - first;
-  f.U.assign(n * f.r, 0.0);
-  const auto Vc = V.contiguous();
-  const double* v = Vc.const_data_ptr<double>();
-  for (int64_t q = 0; q < f.r; ++q) {
-    const double sq = std::sqrt(l[first + q]);
-    for (int64_t i = 0; i < n; ++i) f.U[i * f.r + q] = v[i * n + first + q] * sq;
-  }
-  return f;
-}
+AxisFactorHost compute_axis_factor(int64_t n, double sigma) { return gaussian_axis_factor(n, sigma, 1e-9); }
 
 // Cached per (n, sigma): an eigh per call would cost more than a short run, and a cached factor keeps
 // a call inside a CUDA-graph capture free of anything but the launch.

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gta_cases import make_inputs
-from helpers import assert_error_within, compare_with_reference, requires_cuda
+from helpers import assert_error_within, compare_with_reference, misaligned_copy, requires_cuda
 from phasor.gta import ops, reference
 
 pytestmark = requires_cuda
@@ -134,18 +134,11 @@ def test_mma_misaligned_and_noncontiguous_inputs(monkeypatch, dtype):
     args, dims, mask = cuda_inputs(dtype, 2, 2, 50, 70, SPLITS[64], 2, 2)
     want = run(monkeypatch, "auto", args, dims, mask)
 
-    def shifted(t):
-        flat = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
-        view = flat[1:].view(t.shape)
-        view.copy_(t)
-        assert view.data_ptr() % 16 != 0
-        return view
-
     def strided(t):
         buf = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
         buf[..., ::2] = t
         return buf[..., ::2]
-    for f in (shifted, strided):
+    for f in (misaligned_copy, strided):
         got = run(monkeypatch, "auto", [f(a) for a in args[:3]] + args[3:], dims, mask)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gta_cases import make_inputs, random_extrinsics
-from helpers import assert_error_within, compare_with_reference, requires_cuda
+from helpers import assert_error_within, compare_with_reference, misaligned_copy, requires_cuda
 from phasor.gta import ops, reference, reps
 
 pytestmark = requires_cuda
@@ -163,15 +163,8 @@ def test_mma_backward_misaligned_inputs(monkeypatch, dtype):
     out, lse = ops.gta_attention(*args, dims, mask, return_lse=True)
     gO = torch.randn_like(out)
 
-    def shifted(t):
-        flat = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
-        view = flat[1:].view(t.shape)
-        view.copy_(t)
-        assert view.data_ptr() % 16 != 0
-        return view
-
     want = torch.ops.phasor.gta_attention_bwd(gO, *args[:3], out, lse, *args[3:], dims, mask, 0.125, True)
-    got = torch.ops.phasor.gta_attention_bwd(shifted(gO), *[shifted(a) for a in args[:3]], shifted(out), lse,
+    got = torch.ops.phasor.gta_attention_bwd(misaligned_copy(gO), *[misaligned_copy(a) for a in args[:3]], misaligned_copy(out), lse,
                                              *args[3:], dims, mask, 0.125, True)
     for x, y in zip(got, want):
         assert torch.equal(x, y)

@@ -13,7 +13,7 @@ gradient entries by O(1) (as the benchmark's check notes).
 import pytest
 import torch
 
-from helpers import LONG_REDUCTION_TOLERANCES, TOLERANCES, compare_with_reference, requires_cuda
+from helpers import LONG_REDUCTION_TOLERANCES, TOLERANCES, compare_with_reference, misaligned_copy, requires_cuda
 from phasor.wave_rnn import ops, reference as ref
 
 pytestmark = requires_cuda
@@ -150,16 +150,9 @@ def test_unaligned_inputs(dtype, monkeypatch):
     aligned run's bits."""
     d = inputs((5, 2, 16, 64), dtype)
 
-    def shifted(t):
-        buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
-        v = buf[1:].view(t.shape)
-        v.copy_(t)
-        assert v.data_ptr() % 16 != 0
-        return v
-
     def both(kernel, sh):
         monkeypatch.setenv(ENV, kernel)
-        f = shifted if sh else (lambda t: t)
+        f = misaligned_copy if sh else (lambda t: t)
         H = torch.ops.phasor.wave_rnn_fwd(f(d["u"]), d["weight"], d["bias"], f(d["h0"]), "tanh", True)
         gH = torch.cos(torch.arange(H.numel(), device=H.device, dtype=torch.float64)).reshape(H.shape).to(dtype)
         grads = torch.ops.phasor.wave_rnn_bwd(f(gH), f(H), f(d["h0"]), d["weight"], "tanh")
