@@ -57,3 +57,11 @@ def test_int8_conv_mma_kernel_emulation_matches_cpu_op():
 def test_int8_conv1x1_direct_kernel_emulation_matches_cpu_op():
     run = _run([sys.executable, "tests/quantized_pde/emulate_int8_conv1x1.py"], timeout=1800)
     assert run.returncode == 0 and "ALL OK" in run.stdout, (run.stdout + run.stderr)[-4000:]
+
+
+@pytest.mark.slow
+def test_int8_conv3x3_direct_kernel_emulation_matches_cpu_op():
+    run = _run([sys.executable, "tests/quantized_pde/emulate_int8_conv3x3.py"], timeout=1800)
+    assert run.returncode == 0 and "ALL OK" in run.stdout, (run.stdout + run.stderr)[-4000:]
+    broken = _run([sys.executable, "tests/quantized_pde/emulate_int8_conv3x3.py", "--break"], timeout=600)
+    assert broken.returncode == 0 and "broken index caught" in broken.stdout, (broken.stdout + broken.stderr)[-4000:]

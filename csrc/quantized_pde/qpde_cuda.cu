@@ -9,7 +9,8 @@
 // fixed-order block reduction, so results do not depend on scheduling.
 //
 // Int8 conv: for 1x1, stride-1, unpadded convs with up to 256 input channels, the direct tensor-core
-// kernel of qpde_int8_conv_cuda.cu (reads NCHW as it is); else the tensor-core implicit GEMM with
+// kernel of qpde_int8_conv_cuda.cu (reads NCHW as it is); for 3x3, stride-1, padding-1, undilated
+// convs the direct 3x3 kernel (NCHW as it is, weights repacked per call); else the tensor-core implicit GEMM with
 // its NHWC prep pass (sm_80+) wherever its index limits allow; otherwise, or with
 // PHASOR_QPDE_CUDA_KERNEL=dp4a (read on every call), the direct kernel below: one thread per output element (n, co, oh, ow), input channels four at a time
 // into one __dp4a (s8 x s8 -> s32). Both read the zero point at padded taps and remove it with
@@ -312,20 +313,21 @@ __global__ void int8_conv_kernel(const int8_t* __restrict__ x, const int8_t* __r
   }
 }
 
-enum class ConvKernel { Auto, Mma, Mma1x1, Dp4a };
+enum class ConvKernel { Auto, Mma, Mma1x1, Mma3x3, Dp4a };
 
-// PHASOR_QPDE_CUDA_KERNEL: unset, "" or "auto" (mma1x1 where it applies, else mma where it applies,
-// else dp4a), "mma" (the prep + implicit-GEMM path, 1x1 convs included; an error where it does not
-// apply), "mma1x1" (the direct 1x1 path; an error where it does not apply), "dp4a". Read on every
-// call so tests and benchmarks can switch.
+// PHASOR_QPDE_CUDA_KERNEL: unset, "" or "auto" (mma1x1 where it applies, else mma3x3 where it
+// applies, else mma where it applies, else dp4a), "mma" (the prep + implicit-GEMM path, 1x1 and 3x3
+// convs included; an error where it does not apply), "mma1x1" / "mma3x3" (the direct 1x1 / 3x3
+// path; an error where it does not apply), "dp4a". Read on every call so tests and benchmarks can switch.
 ConvKernel conv_kernel_choice(const char* op) {
   const char* env = std::getenv("PHASOR_QPDE_CUDA_KERNEL");
   const std::string_view v = env ? env : "";
   if (v.empty() || v == "auto") return ConvKernel::Auto;
   if (v == "mma") return ConvKernel::Mma;
   if (v == "mma1x1") return ConvKernel::Mma1x1;
+  if (v == "mma3x3") return ConvKernel::Mma3x3;
   if (v == "dp4a") return ConvKernel::Dp4a;
-  TORCH_CHECK_VALUE(false, op, ": PHASOR_QPDE_CUDA_KERNEL must be auto, mma, mma1x1 or dp4a, got '", std::string(v),
+  TORCH_CHECK_VALUE(false, op, ": PHASOR_QPDE_CUDA_KERNEL must be auto, mma, mma1x1, mma3x3 or dp4a, got '", std::string(v),
                     "'");
 }
 
@@ -358,6 +360,16 @@ at::Tensor int8_conv_cuda(const at::Tensor& x_in, double x_scale, int64_t x_zp, 
                       "0, at most 256 input channels, sm_80+ and int32-sized indices");
     if (ok) {
       int8_conv_1x1_cuda(x, w, ws, bias, a.g, e, out);
+      return out;
+    }
+  }
+  if (choice == ConvKernel::Auto || choice == ConvKernel::Mma3x3) {
+    const bool ok = int8_conv_3x3_supported(a.g, x.get_device());
+    TORCH_CHECK_VALUE(ok || choice == ConvKernel::Auto, op,
+                      ": PHASOR_QPDE_CUDA_KERNEL=mma3x3, but the direct path needs a 3x3 kernel, stride 1, padding "
+                      "1, dilation 1, sm_80+ and int32-sized indices");
+    if (ok) {
+      int8_conv_3x3_cuda(x, w, ws, bias, a.g, e, out);
       return out;
     }
   }

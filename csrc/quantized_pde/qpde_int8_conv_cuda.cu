@@ -1,7 +1,8 @@
 // phasor::int8_conv2d on int8 tensor cores: an implicit GEMM with mma.sync m16n8k32 s8 x s8 -> s32
 // (sm_80+; inline PTX), the fused dequantise / bias / activation / requantise epilogue, NCHW output.
 // 1x1 stride-1 unpadded convs have their own kernel further down (int8_conv1x1_kernel), which
-// reads NCHW directly; what follows describes the general path.
+// reads NCHW directly, and so do 3x3 stride-1 padding-1 convs (int8_conv3x3_kernel: no activation
+// prep pass, only a per-call weight repack); what follows describes the general path.
 //
 // GEMM view: rows m = output pixels (n, oh, ow) in NCHW order (M = N Ho Wo), columns = output
 // channels (Co), reduction k = (tap (r, q), channel c) with the channels innermost, padded to
@@ -674,6 +675,236 @@ __global__ void __launch_bounds__(kThreads, 4) int8_conv1x1_kernel(const Conv1x1
 #endif
 }
 
+// ------------------------------------------------------------------- direct 3x3 kernel (no prep)
+// A 3x3, stride-1, padding-1, undilated conv read from NCHW as it is, in the 1x1 kernel's roles:
+// weights as A (ldmatrix.x4), pixels as B (LDS.64 + transpose4x4). Only the weights are repacked,
+// per call, by the prep kernel's weight blocks (no activation blocks: [Co_pad][Kpad] with
+// k = tap * Cp + c, zeros past Ci / Co, plus corr / mult / bias): 64 x 9 Cp bytes, ~1 us.
+//
+// Tile: 4 output rows x 32 columns of one image (128 pixels) x 64 output channels, 4 warps of
+// 32 channels x 64 pixels (warp wn: rows 2wn, 2wn + 1). As in the 1x1 kernel, n tile jj of a warp
+// holds in column n pixel 8n + jj, here tile row 2wn + (n >> 2), column 8 (n & 3) + jj.
+// Per 32-channel k chunk a stage holds
+//   X [32 channels][6 rows][48 B]: input rows y0 - 1 .. y0 + 4, columns x0 - 8 .. x0 + 39 (8-byte
+//     chunks, cp.async where inside the image, else the input zero point, so padded taps hold
+//     x_zp and acc - x_zp sum(w) stays exact). Channel stride 296 B (= 8 mod 32): the half warp's
+//     LDS.64 of channels 4t + i fall into 4 different 32-byte bank windows.
+//   W [9 taps][64 rows][32 B], the 1x1 kernel's swizzled chunk layout once per tap.
+// B without alignment games: for tap row r, lane (g, t) loads, per k row 4t + i, the 24 bytes of
+// columns 8c - 8 .. 8c + 15 (c = g & 3; three aligned LDS.64) and transposes the words of columns
+// 8c - 4 .. 8c + 11 into k quads. Taps q = 0, 1, 2 then need columns 8c + jj + q - 1 of n tile
+// jj: the same 10 registers X[jj + q] (columns 8c - 1 .. 8c + 8), so the column shift is a
+// register renaming; 22 PRMT (unused transpose outputs are dead code) per 48 mma.
+// Two stages (55.8 KB dynamic shared memory, opt-in): Ci <= 64 (the U-Net / ResNet widths) has
+// one or two k chunks, so a deeper ring would only cost occupancy.
+constexpr int k3TH = 4, k3TW = 32;          // output tile rows x columns
+constexpr int k3BC = 64;                    // output channels per block (= kBN: the prep's Co_pad)
+constexpr int k3Rows = k3TH + 2;            // input rows with the halo
+constexpr int k3RowB = k3TW + 16;           // bytes per input row: 8 columns either side
+constexpr int k3ChStride = k3Rows * k3RowB + 8;
+constexpr int k3XBytes = 32 * k3ChStride;
+constexpr int k3WTapBytes = k3BC * 32;
+constexpr int k3StageBytes = k3XBytes + 9 * k3WTapBytes;
+constexpr int k3Stages = 2;
+constexpr int k3SmemBytes = k3Stages * k3StageBytes;
+constexpr int k3XChunks = 32 * k3Rows * (k3RowB / 8);  // 8-byte X chunks per stage
+static_assert(k3XChunks % kThreads == 0 && (9 * k3BC * 2) % kThreads == 0, "loaders: whole rounds");
+static_assert(k3ChStride % 32 == 8 && k3XBytes % 16 == 0, "bank spread; W part 16-byte aligned");
+
+struct Conv3x3Args {
+  const int8_t* x;       // [N][Ci][H][W]
+  const int8_t* wp;      // [Co_pad][Kpad], k = tap * Cp + c
+  const int32_t* corr;   // [Co_pad]
+  const float* mult;
+  const float* bias;
+  void* out;             // [N][Co][H][W]
+  int Ci, Co, H, W, Cp, Kpad, nk, tilesH, tilesW;
+  uint32_t zp4;          // the input zero point in all 4 bytes
+  float inv_out, out_zp;
+  Act act;
+};
+
+__device__ __forceinline__ void cp_async8(uint32_t dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(dst), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void sts64(uint32_t addr, uint32_t v0, uint32_t v1) {
+  asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(addr), "r"(v0), "r"(v1) : "memory");
+}
+
+// kVec: W % 16 == 0 and x, out 16-byte aligned (8-byte cp.async chunks all inside or all outside
+// the image; 16-byte output stores); otherwise byte loads and stores with bounds.
+template <bool kVec, bool kInt8Out>
+__global__ void __launch_bounds__(kThreads, 3) int8_conv3x3_kernel(const Conv3x3Args a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(128) unsigned char smem3[];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp >> 1, wn = warp & 1, g = lane >> 2, t = lane & 3;
+  const int tiles = a.tilesH * a.tilesW, n = blockIdx.x / tiles, tr = blockIdx.x - n * tiles;
+  const int y0 = (tr / a.tilesW) * k3TH, x0 = (tr - (tr / a.tilesW) * a.tilesW) * k3TW, co0 = blockIdx.y * k3BC;
+  const uint32_t sbase = smem_addr(smem3);
+  const int8_t* ximg = a.x + static_cast<int64_t>(n) * a.Ci * a.H * a.W;
+
+  // ---- stage loader: X chunks e = tid + 128 j (channel e / 36, row (e / 6) % 6, 8-byte chunk e % 6),
+  // W chunks e = tid + 128 j (tap e / 128, row (e / 2) % 64, 16-byte half e % 2)
+  auto load_stage = [&](int slot, int s) {
+    const uint32_t st = sbase + slot * k3StageBytes;
+#pragma unroll 1  // unrolled, the hoisted per-chunk addresses would cost ~30 registers (spills)
+    for (int j = 0; j < k3XChunks / kThreads; ++j) {
+      const int e = tid + kThreads * j, ch = e / (k3Rows * 6), rem = e - ch * (k3Rows * 6), row = rem / 6,
+                ck = rem - row * 6;
+      const uint32_t dst = st + ch * k3ChStride + row * k3RowB + 8 * ck;
+      const int c = s * 32 + ch, iy = y0 - 1 + row, ix = x0 - 8 + 8 * ck;
+      const bool in_cy = c < a.Ci && static_cast<unsigned>(iy) < static_cast<unsigned>(a.H);
+      const int8_t* src = ximg + (static_cast<int64_t>(c) * a.H + iy) * a.W + ix;
+      if constexpr (kVec) {
+        if (in_cy && static_cast<unsigned>(ix) < static_cast<unsigned>(a.W))  // W % 8 == 0: all 8 inside
+          cp_async8(dst, src);
+        else
+          sts64(dst, a.zp4, a.zp4);
+      } else {
+        uint32_t v[2] = {a.zp4, a.zp4};
+        if (in_cy) {
+#pragma unroll
+          for (int b = 0; b < 8; ++b)
+            if (static_cast<unsigned>(ix + b) < static_cast<unsigned>(a.W))
+              v[b >> 2] = (v[b >> 2] & ~(0xffu << (8 * (b & 3)))) |
+                          (static_cast<uint32_t>(static_cast<uint8_t>(src[b])) << (8 * (b & 3)));
+        }
+        sts64(dst, v[0], v[1]);
+      }
+    }
+#pragma unroll 1
+    for (int j = 0; j < 9 * k3BC * 2 / kThreads; ++j) {
+      const int e = tid + kThreads * j, tap = e >> 7, r = (e >> 1) & 63, hf = e & 1;
+      const uint32_t dst = st + k3XBytes + tap * k3WTapBytes + r * 32 + ((hf ^ ((r >> 2) & 1)) << 4);
+      cp_async16(dst, a.wp + static_cast<int64_t>(co0 + r) * a.Kpad + tap * a.Cp + s * 32 + 16 * hf);
+    }
+  };
+
+  load_stage(0, 0);
+  cp_async_commit();
+
+  // ---- fragment addresses (bytes within a stage): A as in the 1x1 kernel, per tap; B: channel 4t,
+  // tile row 2wn + g / 4, columns 8 (g & 3) - 8 ..
+  uint32_t a_off[2];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+    const int r = wm * 32 + mt * 16 + (lane & 15);
+    a_off[mt] = static_cast<uint32_t>(k3XBytes + r * 32 + (((lane >> 4) ^ ((r >> 2) & 1)) << 4));
+  }
+  const uint32_t b_off = static_cast<uint32_t>(4 * t * k3ChStride + (2 * wn + (g >> 2)) * k3RowB + 8 * (g & 3));
+
+  int32_t acc[2][8][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) acc[i][j][k] = 0;
+
+  for (int kt = 0; kt < a.nk; ++kt) {
+    cp_async_wait<0>();
+    // stage kt (cp.async and zero-point stores) visible to all; every warp is done with kt - 1,
+    // whose slot the next load overwrites
+    __syncthreads();
+    if (kt + 1 < a.nk) load_stage((kt + 1) & 1, kt + 1);
+    cp_async_commit();
+    const uint32_t st = sbase + (kt & 1) * k3StageBytes;
+#pragma unroll
+    for (int r = 0; r < 3; ++r) {
+      uint32_t xb[10][2];  // k quads (16 hh + 4t ..) of columns 8c - 1 + idx, tap row r
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        uint2 u[3][4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int m = 0; m < 3; ++m) u[m][i] = lds64(st + b_off + (16 * hh + i) * k3ChStride + r * k3RowB + 8 * m);
+        uint32_t o0[4], o1[4], o2[4], o3[4];
+        transpose4x4(u[0][0].y, u[0][1].y, u[0][2].y, u[0][3].y, o0);  // columns 8c - 4 .. 8c - 1
+        transpose4x4(u[1][0].x, u[1][1].x, u[1][2].x, u[1][3].x, o1);  // 8c .. 8c + 3
+        transpose4x4(u[1][0].y, u[1][1].y, u[1][2].y, u[1][3].y, o2);  // 8c + 4 .. 8c + 7
+        transpose4x4(u[2][0].x, u[2][1].x, u[2][2].x, u[2][3].x, o3);  // 8c + 8 .. 8c + 11
+        xb[0][hh] = o0[3];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          xb[1 + j][hh] = o1[j];
+          xb[5 + j][hh] = o2[j];
+        }
+        xb[9][hh] = o3[0];
+      }
+#pragma unroll
+      for (int q = 0; q < 3; ++q) {
+        uint32_t af[2][4];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+          ldsm_x4(st + (3 * r + q) * k3WTapBytes + a_off[mt], af[mt][0], af[mt][1], af[mt][2], af[mt][3]);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int jj = 0; jj < 8; ++jj) {
+            const uint32_t bf[2] = {xb[jj + q][0], xb[jj + q][1]};
+            mma_s8(acc[mt][jj], af[mt], bf);
+          }
+      }
+    }
+  }
+  cp_async_wait<0>();  // only an empty group can remain
+
+  // ---- epilogue: lane (g, t) holds channels wm*32 + mt*16 + g + 8h, output row y0 + 2wn + t / 2,
+  // columns xb .. xb + 15 (byte 8e + jj), straight from registers
+  const int oy = y0 + 2 * wn + (t >> 1), xs = x0 + 16 * (t & 1);
+  if (oy >= a.H) return;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int co = co0 + wm * 32 + mt * 16 + g + 8 * h;
+      if (co >= a.Co) continue;
+      const int32_t corr = a.corr[co];
+      const float mult = a.mult[co], bias = a.bias[co];
+      float y[16];
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj) y[8 * e + jj] = epilogue_value(acc[mt][jj][2 * h + e], corr, mult, bias, a.act);
+      const int64_t o = ((static_cast<int64_t>(n) * a.Co + co) * a.H + oy) * a.W + xs;
+      if constexpr (kInt8Out) {
+        int8_t* out = static_cast<int8_t*>(a.out) + o;
+        if constexpr (kVec) {
+          if (xs < a.W) {  // W % 16 == 0: all 16 inside
+            uint32_t v[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+            for (int b = 0; b < 16; ++b)
+              v[b >> 2] |= static_cast<uint32_t>(static_cast<uint8_t>(requantise(y[b], a.inv_out, a.out_zp))) << (8 * (b & 3));
+            *reinterpret_cast<uint4*>(out) = make_uint4(v[0], v[1], v[2], v[3]);
+          }
+        } else {
+#pragma unroll
+          for (int b = 0; b < 16; ++b)
+            if (xs + b < a.W) out[b] = requantise(y[b], a.inv_out, a.out_zp);
+        }
+      } else {
+        float* out = static_cast<float*>(a.out) + o;
+        if constexpr (kVec) {
+          if (xs < a.W) {
+#pragma unroll
+            for (int q = 0; q < 4; ++q)
+              reinterpret_cast<float4*>(out)[q] = make_float4(y[4 * q], y[4 * q + 1], y[4 * q + 2], y[4 * q + 3]);
+          }
+        } else {
+#pragma unroll
+          for (int b = 0; b < 16; ++b)
+            if (xs + b < a.W) out[b] = y[b];
+        }
+      }
+    }
+#else
+  __trap();  // the host only launches this on sm_80+
+#endif
+}
+
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 int compute_major(int device) {
@@ -823,6 +1054,90 @@ void int8_conv_1x1_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tens
     e.int8_out ? launch(int8_conv1x1_kernel<true, true>) : launch(int8_conv1x1_kernel<true, false>);
   else
     e.int8_out ? launch(int8_conv1x1_kernel<false, true>) : launch(int8_conv1x1_kernel<false, false>);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+bool int8_conv_3x3_supported(const ConvGeom& g, int device) {
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  if (g.kh != 3 || g.kw != 3 || g.sh != 1 || g.sw != 1 || g.ph != 1 || g.pw != 1 || g.dh != 1 || g.dw != 1) return false;
+  const int64_t Cp = round_up(g.Ci, 32), Co_pad = round_up(g.Co, k3BC), Kpad = round_up(9 * Cp, kBK);
+  const int64_t tiles = ((g.H + k3TH - 1) / k3TH) * ((g.W + k3TW - 1) / k3TW);
+  for (int64_t v : {g.H, g.W, g.Ci, g.Co})
+    if (v >= (int64_t(1) << 28)) return false;  // y0 - 1 + row, x0 - 8 + 8 ck, Cp etc. stay far from overflow
+  return g.Ci >= 1 && compute_major(device) >= 8 && Cp * g.H * g.W <= kMax &&  // (c H + iy) W + ix in one image
+         g.N * tiles <= kMax && Co_pad * Kpad <= kMax && Co_pad / k3BC <= 65535;
+}
+
+void int8_conv_3x3_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, const at::Tensor& bias,
+                        const ConvGeom& g, const Int8ConvEpilogue& e, at::Tensor& out) {
+  const int64_t Cp = round_up(g.Ci, 32), Co_pad = round_up(g.Co, k3BC), Kpad = round_up(9 * Cp, kBK);
+  const int64_t wp_bytes = round_up(Co_pad * Kpad, 256);
+  at::Tensor ws = at::empty({wp_bytes + 3 * Co_pad * 4}, x.options().dtype(at::kByte));
+  auto* base = ws.mutable_data_ptr<uint8_t>();
+  int8_t* wp = reinterpret_cast<int8_t*>(base);
+  int32_t* corr = reinterpret_cast<int32_t*>(base + wp_bytes);
+  float* mult = reinterpret_cast<float*>(corr + Co_pad);
+  float* biasc = mult + Co_pad;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+
+  // the prep kernel's weight blocks only (nT = 0): the repack, row sums and per-channel constants
+  PrepArgs pa{};
+  pa.w = w.const_data_ptr<int8_t>();
+  pa.wp = wp;
+  pa.w_scale = w_scale.const_data_ptr<float>();
+  pa.bias = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+  pa.corr = corr;
+  pa.mult = mult;
+  pa.bias_out = biasc;
+  pa.Ci = static_cast<int>(g.Ci);
+  pa.Cp = static_cast<int>(Cp);
+  pa.C32 = static_cast<int>(Cp / 32);
+  pa.nT = 0;
+  pa.Co = static_cast<int>(g.Co);
+  pa.taps = 9;
+  pa.Kpad = static_cast<int>(Kpad);
+  pa.x_zp = e.x_zp;
+  pa.x_scale = e.x_scale;
+  int8_conv_prep_kernel<<<static_cast<unsigned>(Co_pad / (kPrepThreads / 32)), kPrepThreads, 0, stream>>>(pa);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+  Conv3x3Args a{};
+  a.x = x.const_data_ptr<int8_t>();
+  a.wp = wp;
+  a.corr = corr;
+  a.mult = mult;
+  a.bias = biasc;
+  a.out = out.mutable_data_ptr();
+  a.Ci = static_cast<int>(g.Ci);
+  a.Co = static_cast<int>(g.Co);
+  a.H = static_cast<int>(g.H);
+  a.W = static_cast<int>(g.W);
+  a.Cp = static_cast<int>(Cp);
+  a.Kpad = static_cast<int>(Kpad);
+  a.nk = static_cast<int>(Cp / 32);
+  a.tilesH = static_cast<int>((g.H + k3TH - 1) / k3TH);
+  a.tilesW = static_cast<int>((g.W + k3TW - 1) / k3TW);
+  a.zp4 = static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(e.x_zp))) * 0x01010101u;
+  a.inv_out = e.inv_out;
+  a.out_zp = static_cast<float>(e.out_zp);
+  a.act = e.act;
+  const bool vec = g.W % 16 == 0 && reinterpret_cast<uintptr_t>(a.x) % 16 == 0 && reinterpret_cast<uintptr_t>(a.out) % 16 == 0;
+  const dim3 grid(static_cast<unsigned>(g.N * a.tilesH * a.tilesW), static_cast<unsigned>(Co_pad / k3BC));
+  const int device = x.get_device();
+  // 55.8 KB of dynamic shared memory needs the opt-in, once per device and instantiation (not a
+  // stream operation: fine under graph capture too)
+  static std::atomic<uint32_t> opted[64][4];
+  auto launch = [&](auto kernel, int variant) {
+    if (device >= 0 && device < 64 && !opted[device][variant].load(std::memory_order_relaxed)) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, k3SmemBytes));
+      opted[device][variant].store(1, std::memory_order_relaxed);
+    }
+    kernel<<<grid, kThreads, k3SmemBytes, stream>>>(a);
+  };
+  if (vec)
+    e.int8_out ? launch(int8_conv3x3_kernel<true, true>, 0) : launch(int8_conv3x3_kernel<true, false>, 1);
+  else
+    e.int8_out ? launch(int8_conv3x3_kernel<false, true>, 2) : launch(int8_conv3x3_kernel<false, false>, 3);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -32,4 +32,11 @@ bool int8_conv_1x1_supported(const ConvGeom& g, int device);
 void int8_conv_1x1_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, const at::Tensor& bias,
                         const ConvGeom& g, const Int8ConvEpilogue& e, at::Tensor& out);
 
+// The direct path for 3x3, stride-1, padding-1, undilated convs (any channel counts): reads the
+// NCHW input as it is; only the weights are repacked (a small per-call kernel). Same arguments and
+// epilogue as the mma path.
+bool int8_conv_3x3_supported(const ConvGeom& g, int device);
+void int8_conv_3x3_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, const at::Tensor& bias,
+                        const ConvGeom& g, const Int8ConvEpilogue& e, at::Tensor& out);
+
 }  // namespace phasor::qpde

@@ -3,7 +3,7 @@ PHASOR_QPDE_CUDA_KERNEL) against the CPU op on identical inputs, and the CUDA fa
 Every test here needs a GPU (skipped otherwise; conftest gives them the `cuda` mark)."""
 import pytest
 import torch
-from helpers import requires_cuda
+from helpers import misaligned_copy, requires_cuda
 
 from phasor.quantized_pde import ops
 from phasor.quantized_pde import reference as ref
@@ -288,6 +288,133 @@ def test_cuda_1x1_bench_shape(monkeypatch):
 def test_cuda_1x1_graph_compile():
     # the default path for a 1x1 conv under CUDA-graph replay (dynamic shared memory, current stream)
     x, w, ws, bias, st, pad, dil = (t.cuda() if isinstance(t, torch.Tensor) else t for t in _inputs_1x1(GEOMS_1X1[2], 29))
+    fn = lambda x: ops.int8_conv2d(x, 0.03, 2, w, ws, bias, st, pad, dil, "gelu", "int8", 0.2, 0)  # noqa: E731
+    torch._dynamo.reset()
+    comp = torch.compile(fn, mode="reduce-overhead", fullgraph=True)
+    for _ in range(3):
+        got = comp(x)
+    assert torch.equal(got, fn(x))
+
+
+# ---------------------------------------------------------------------------- direct 3x3 path
+# (N, Ci, H, W, Co): Ci below / at / above one 32-wide k chunk (1, 1, 2, 4 chunks: the 2-stage ring
+# wraps), Co below / at / above the 64-channel tile, H / W odd, below and above the 4 x 32 tile,
+# W % 16 == 0 (8-byte cp.async and 16-byte stores) or not (byte path), batch 1 and 3.
+GEOMS_3X3 = [
+    (1, 3, 5, 7, 1),
+    (3, 17, 9, 11, 10),
+    (2, 64, 16, 16, 64),
+    (3, 100, 16, 24, 80),
+    (1, 64, 13, 48, 10),
+    (3, 17, 6, 33, 129),
+    (2, 64, 40, 24, 64),
+]
+
+
+def _inputs_3x3(geom, seed):
+    N, Ci, H, W, Co = geom
+    return _inputs((N, Ci, H, W, Co, 3, 1, 1, 1), seed)
+
+
+@pytest.mark.parametrize("geom", GEOMS_3X3)
+@pytest.mark.parametrize("output", ["float", "int8"])
+@pytest.mark.parametrize("act", ["none", "relu", "gelu"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_cuda_3x3_matches_cpu(monkeypatch, geom, output, act, with_bias):
+    monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", "mma3x3")
+    x, w, ws, bias, st, pad, dil = _inputs_3x3(geom, 31)
+    cpu, gpu = _both(x, 0.03, -37, w, ws, bias if with_bias else None, st, pad, dil, act, output, 0.2, 3)
+    _assert_match(cpu, gpu, output)
+
+
+@pytest.mark.parametrize("geom", GEOMS_3X3)
+@pytest.mark.parametrize("x_zp", [19, -128, 127])
+def test_cuda_3x3_accumulators_bit_exact(monkeypatch, geom, x_zp):
+    # the padded taps must hold the zero point: with x_scale = w_scale = 1 the output is the accumulator
+    monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", "mma3x3")
+    x, w, _, _, st, pad, dil = _inputs_3x3(geom, 32)
+    want = ref.int8_conv2d_accumulator_ref(x, x_zp, w, st, pad, dil)
+    assert want.abs().max() < 2**24
+    got = ops.int8_conv2d(x.cuda(), 1.0, x_zp, w.cuda(), torch.ones(w.shape[0], device="cuda"), None, st, pad, dil)
+    assert torch.equal(got.cpu().double(), want.double())
+
+
+@pytest.mark.parametrize("geom", GEOMS_3X3)
+@pytest.mark.parametrize("output,act", [("float", "gelu"), ("int8", "relu"), ("int8", "none")])
+def test_cuda_3x3_equals_mma_and_auto(monkeypatch, geom, output, act):
+    # same integer accumulators and the same epilogue code: direct, prep + GEMM and the default agree bitwise
+    x, w, ws, bias, st, pad, dil = (t.cuda() if isinstance(t, torch.Tensor) else t for t in _inputs_3x3(geom, 33))
+    outs = {}
+    for k in ("mma3x3", "mma", "auto"):
+        monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", k)
+        outs[k] = ops.int8_conv2d(x, 0.03, 11, w, ws, bias, st, pad, dil, act, output, 0.2, -4)
+    assert torch.equal(outs["mma3x3"], outs["mma"])
+    assert torch.equal(outs["mma3x3"], outs["auto"])
+
+
+@pytest.mark.parametrize("x_zp,out_zp", [(-128, 127), (127, -128), (0, 0)])
+def test_cuda_3x3_extreme_zero_points(monkeypatch, x_zp, out_zp):
+    monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", "mma3x3")
+    for geom in (GEOMS_3X3[1], GEOMS_3X3[3]):
+        x, w, ws, bias, st, pad, dil = _inputs_3x3(geom, 34)
+        for output in ("float", "int8"):
+            cpu, gpu = _both(x, 0.05, x_zp, w, ws, bias, st, pad, dil, "relu", output, 0.3, out_zp)
+            _assert_match(cpu, gpu, output)
+
+
+def test_cuda_3x3_misaligned_and_noncontiguous(monkeypatch):
+    # W % 16 == 0 but x not 16-byte aligned (the byte path), and a channels_last input
+    monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", "mma3x3")
+    x, w, ws, bias, st, pad, dil = _inputs_3x3(GEOMS_3X3[3], 35)
+    xu = misaligned_copy(x.cuda())
+    for output in ("int8", "float"):
+        cpu = ops.int8_conv2d(x, 0.03, 5, w, ws, bias, st, pad, dil, "gelu", output, 0.2, -3)
+        args = (0.03, 5, w.cuda(), ws.cuda(), bias.cuda(), st, pad, dil, "gelu", output, 0.2, -3)
+        _assert_match(cpu, ops.int8_conv2d(xu, *args).cpu(), output)
+        xc = x.cuda().contiguous(memory_format=torch.channels_last)
+        _assert_match(cpu, ops.int8_conv2d(xc, *args).cpu(), output)
+
+
+@pytest.mark.parametrize("geom", [
+    (1, 8, 9, 9, 4, 1, 1, 0, 1),    # 1x1
+    (1, 8, 9, 9, 4, 3, 2, 1, 1),    # stride 2
+    (1, 8, 9, 9, 4, 3, 1, 0, 1),    # padding 0
+    (1, 8, 9, 9, 4, 3, 1, 2, 2),    # dilation 2
+    (1, 8, 12, 12, 4, 5, 1, 2, 1),  # 5x5
+])
+def test_cuda_3x3_env_rejects_ineligible(monkeypatch, geom):
+    x, w, ws, bias, st, pad, dil = _inputs(geom, 37)
+    monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", "mma3x3")
+    with pytest.raises(ValueError, match="mma3x3"):
+        ops.int8_conv2d(x.cuda(), 0.03, 0, w.cuda(), ws.cuda(), bias.cuda(), st, pad, dil)
+    monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", "auto")
+    cpu, gpu = _both(x, 0.03, 0, w, ws, bias, st, pad, dil)
+    _assert_match(cpu, gpu, "float")
+
+
+def test_cuda_3x3_bench_shape(monkeypatch):
+    # the benchmark's shape (N 8, 64 channels, 128 x 128, 3x3): direct == prep + GEMM bit for bit, and
+    # the first image against the CPU reference
+    g = torch.Generator().manual_seed(38)
+    x = torch.randint(-128, 128, (8, 64, 128, 128), generator=g, dtype=torch.int8).cuda()
+    w = torch.randint(-127, 128, (64, 64, 3, 3), generator=g, dtype=torch.int8).cuda()
+    ws = (torch.rand(64, generator=g) * 0.002 + 0.001).cuda()
+    b = torch.randn(64, generator=g).cuda()
+    outs = {}
+    for k in ("mma3x3", "mma"):
+        monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", k)
+        outs[k] = ops.int8_conv2d(x, 0.02, -3, w, ws, b, 1, 1, 1, "relu", "int8", 0.5, -128)
+    assert torch.equal(outs["mma3x3"], outs["mma"])
+    want = ref.int8_conv2d_ref(x[:1].cpu(), 0.02, -3, w.cpu(), ws.cpu(), b.cpu(), [1, 1], [1, 1], [1, 1], "relu",
+                               "int8", 0.5, -128)
+    assert (outs["mma3x3"][:1].cpu().int() - want.int()).abs().max().item() <= 1
+
+
+def test_cuda_3x3_graph_compile(monkeypatch):
+    # the direct 3x3 path under CUDA-graph replay (dynamic shared memory opt-in, current stream); the
+    # first call runs under capture on a fresh process's device too
+    monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", "mma3x3")
+    x, w, ws, bias, st, pad, dil = (t.cuda() if isinstance(t, torch.Tensor) else t for t in _inputs_3x3(GEOMS_3X3[4], 39))
     fn = lambda x: ops.int8_conv2d(x, 0.03, 2, w, ws, bias, st, pad, dil, "gelu", "int8", 0.2, 0)  # noqa: E731
     torch._dynamo.reset()
     comp = torch.compile(fn, mode="reduce-overhead", fullgraph=True)

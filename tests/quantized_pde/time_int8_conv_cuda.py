@@ -1,5 +1,5 @@
 """GPU timing of the int8 conv paths at the benchmark shapes (batch 8, 64 channels, 128 x 128, 1x1 and 3x3, ReLU +
-requantise): the direct 1x1 kernel (PHASOR_QPDE_CUDA_KERNEL=mma1x1), the prep + implicit GEMM (mma), dp4a, and the
+requantise): the direct 1x1 and 3x3 kernels (PHASOR_QPDE_CUDA_KERNEL=mma1x1 / mma3x3), the prep + implicit GEMM (mma), dp4a, and the
 cuDNN float16 conv (+ ReLU) on NCHW and channels_last tensors. Each time is a CUDA-graph replay of 20 calls (no
 launch gaps), median of 5, in microseconds per call, with the DRAM bytes an ideal kernel moves (input + output) per
 second. Not a test; one short run for a GPU session (~20 s).
@@ -69,12 +69,14 @@ def main():
         xcl, wcl = xh.contiguous(memory_format=torch.channels_last), wh.contiguous(memory_format=torch.channels_last)
         int8_bytes = 2 * x.numel()  # in + out, int8
         res, outs = {}, {}
-        for name in (["mma1x1"] if k == 1 else []) + ["mma", "dp4a"]:
+        for name in (["mma1x1"] if k == 1 else ["mma3x3"] if k == 3 else []) + ["mma", "dp4a"]:
             res[f"int8 {name}"], outs[name] = with_kernel(name, run)
         res["cuDNN fp16 NCHW"] = time_graph(lambda: torch.relu(F.conv2d(xh, wh, bh, 1, pad)))
         res["cuDNN fp16 channels_last"] = time_graph(lambda: torch.relu(F.conv2d(xcl, wcl, bh, 1, pad)))
         if k == 1:
             print("  mma1x1 == mma bitwise:", torch.equal(outs["mma1x1"], outs["mma"]))
+        if k == 3:
+            print("  mma3x3 == mma bitwise:", torch.equal(outs["mma3x3"], outs["mma"]))
         print("  mma vs dp4a max |diff|:", (outs["mma"].int() - outs["dp4a"].int()).abs().max().item())
         base = res["cuDNN fp16 NCHW"]
         print(f"N={N} C={C} {H}x{H} k={k}:")
