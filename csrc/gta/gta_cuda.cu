@@ -484,6 +484,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gta_bwd_c
   const Dims D = check_bwd(opname, grad_out_, q_, k_, v_, out_, lse_, q_se3, k_se3, q_so3, k_so3, q_pos, k_pos,
                            freqs, dims, key_mask);
   check_cuda_dtype(opname, q_);
+  // check_bwd checks sizes and dtypes of these three but not their device: a CPU lse (or dO, O) next to
+  // CUDA q would reach the kernels as a host pointer (illegal address, which poisons the context).
+  check_device(opname, "grad_out", grad_out_, q_);
+  check_device(opname, "out", out_, q_);
+  check_device(opname, "lse", lse_, q_);
   const Shape S = shape_of(D);
   c10::cuda::CUDAGuard guard(q_.device());
   auto stream = c10::cuda::getCurrentCUDAStream();

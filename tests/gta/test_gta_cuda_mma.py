@@ -68,12 +68,13 @@ def test_mma_forward_matches_reference(monkeypatch, kernel, dtype, d, shape):
     check_lse(lse, l_low, l_t)
 
 
-@pytest.mark.parametrize("kernel", MMA)
+@pytest.mark.parametrize("kernel", ["mma_fwd_only", *MMA])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("d", sorted(SPLITS))
 def test_backward_through_mma_forward(monkeypatch, kernel, dtype, d):
-    """The SIMT backward recomputes from the mma forward's O and lse: gradients of q, k, v and the SE(3)
-    blocks against the float64 reference."""
+    """A backward that recomputes from the mma forward's O and lse: gradients of q, k, v and the SE(3)
+    blocks against the float64 reference. mma_fwd_only: the SIMT backward; mma_onload / mma_prepass pick
+    the forward's K/V path and route the backward to the tensor-core kernels as well."""
     monkeypatch.setenv("PHASOR_GTA_CUDA_KERNEL", kernel)
     args, dims, mask = cuda_inputs(dtype, 2, 2, 70, 150, SPLITS[d], 2, 3, seed=d)
     mask[0, :] = False  # batch 0: every query sees no key
