@@ -680,7 +680,13 @@ void launch_run(Kernel kernel, const Params& params, int64_t B, int C, int64_t b
     cfg.attrs = attr;
     cfg.numAttrs = 1;
   }
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, params));
+  const cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, params);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();  // clear a non-sticky launch error before reporting it
+    TORCH_CHECK(false, op, ": launching the cv-RNN kernel (", C, " blocks per image", C > 1 ? " as a cluster" : "",
+                ", ", bytes, " shared bytes, ", sizeof(Params), " parameter bytes) failed: ", cudaGetErrorString(err),
+                sizeof(Params) > 4096 ? " (kernel parameters over 4 KB need CUDA 12.1+ in both runtime and driver)" : "");
+  }
 }
 
 // Blocks per image: among the sizes that fit (shared memory, co-scheduling, at most one per row, sm_90
@@ -692,7 +698,12 @@ int choose_cluster(Kernel kernel, int kernel_id, int dev, int64_t B, int64_t H, 
   int major = 0, sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const int cmax = major >= 9 ? int(std::min<int64_t>(kMaxCluster, H)) : 1;
+  // Clusters need the kernel's sm_90 code path too: a build whose only image for this device is JIT-compiled
+  // from older PTX (e.g. "8.0+PTX" on an H200) has __CUDA_ARCH__ < 900, where image_barrier traps for C > 1.
+  // ptxVersion is the virtual architecture of the image that runs (what __CUDA_ARCH__ / 10 is in it).
+  cudaFuncAttributes fattr{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&fattr, kernel));
+  const int cmax = major >= 9 && fattr.ptxVersion >= 90 ? int(std::min<int64_t>(kMaxCluster, H)) : 1;
   auto fits = [&](int C) {
     const int64_t bytes = bytes_of(C);
     if (bytes > limit) return false;
