@@ -120,6 +120,40 @@ __device__ __forceinline__ int8_t requantise(float y, float inv_out, float out_z
   return static_cast<int8_t>(fminf(fmaxf(q, -128.f), 127.f));
 }
 
+// 16 consecutive outputs of one channel, from registers (the direct kernels' epilogue). kVec: one
+// 16-byte int8 store or four float4 stores (the host picks it only when all 16 fit and are aligned);
+// otherwise byte/word stores of the first `valid` outputs. Nothing is stored when valid <= 0.
+template <bool kInt8Out, bool kVec>
+__device__ __forceinline__ void store_outputs16(void* out_base, int64_t o, const float (&y)[16], int valid,
+                                                float inv_out, float out_zp) {
+  if (valid <= 0) return;
+  if constexpr (kInt8Out) {
+    int8_t* out = static_cast<int8_t*>(out_base) + o;
+    if constexpr (kVec) {
+      uint32_t v[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+      for (int b = 0; b < 16; ++b)
+        v[b >> 2] |= static_cast<uint32_t>(static_cast<uint8_t>(requantise(y[b], inv_out, out_zp))) << (8 * (b & 3));
+      *reinterpret_cast<uint4*>(out) = make_uint4(v[0], v[1], v[2], v[3]);
+    } else {
+#pragma unroll
+      for (int b = 0; b < 16; ++b)
+        if (b < valid) out[b] = requantise(y[b], inv_out, out_zp);
+    }
+  } else {
+    float* out = static_cast<float*>(out_base) + o;
+    if constexpr (kVec) {
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        reinterpret_cast<float4*>(out)[q] = make_float4(y[4 * q], y[4 * q + 1], y[4 * q + 2], y[4 * q + 3]);
+    } else {
+#pragma unroll
+      for (int b = 0; b < 16; ++b)
+        if (b < valid) out[b] = y[b];
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------------ prep kernel
 struct PrepArgs {
   const int8_t* x;      // [N][Ci][HW]
@@ -640,35 +674,7 @@ __global__ void __launch_bounds__(kThreads, 4) int8_conv1x1_kernel(const Conv1x1
 #pragma unroll
         for (int jj = 0; jj < 8; ++jj) y[8 * e + jj] = epilogue_value(acc[mt][jj][2 * h + e], corr, mult, bias, a.act);
       const int64_t o = (static_cast<int64_t>(n) * a.Co + co) * a.HW + pb;
-      if constexpr (kInt8Out) {
-        int8_t* out = static_cast<int8_t*>(a.out) + o;
-        if constexpr (kVec) {
-          if (pb < a.HW) {  // HW % 16 == 0: all 16 inside
-            uint32_t v[4] = {0u, 0u, 0u, 0u};
-#pragma unroll
-            for (int b = 0; b < 16; ++b)
-              v[b >> 2] |= static_cast<uint32_t>(static_cast<uint8_t>(requantise(y[b], a.inv_out, a.out_zp))) << (8 * (b & 3));
-            *reinterpret_cast<uint4*>(out) = make_uint4(v[0], v[1], v[2], v[3]);
-          }
-        } else {
-#pragma unroll
-          for (int b = 0; b < 16; ++b)
-            if (pb + b < a.HW) out[b] = requantise(y[b], a.inv_out, a.out_zp);
-        }
-      } else {
-        float* out = static_cast<float*>(a.out) + o;
-        if constexpr (kVec) {
-          if (pb < a.HW) {
-#pragma unroll
-            for (int q = 0; q < 4; ++q)
-              reinterpret_cast<float4*>(out)[q] = make_float4(y[4 * q], y[4 * q + 1], y[4 * q + 2], y[4 * q + 3]);
-          }
-        } else {
-#pragma unroll
-          for (int b = 0; b < 16; ++b)
-            if (pb + b < a.HW) out[b] = y[b];
-        }
-      }
+      store_outputs16<kInt8Out, kVec>(a.out, o, y, a.HW - pb, a.inv_out, a.out_zp);
     }
 #else
   __trap();  // the host only launches this on sm_80+
@@ -870,35 +876,7 @@ __global__ void __launch_bounds__(kThreads, 3) int8_conv3x3_kernel(const Conv3x3
 #pragma unroll
         for (int jj = 0; jj < 8; ++jj) y[8 * e + jj] = epilogue_value(acc[mt][jj][2 * h + e], corr, mult, bias, a.act);
       const int64_t o = ((static_cast<int64_t>(n) * a.Co + co) * a.H + oy) * a.W + xs;
-      if constexpr (kInt8Out) {
-        int8_t* out = static_cast<int8_t*>(a.out) + o;
-        if constexpr (kVec) {
-          if (xs < a.W) {  // W % 16 == 0: all 16 inside
-            uint32_t v[4] = {0u, 0u, 0u, 0u};
-#pragma unroll
-            for (int b = 0; b < 16; ++b)
-              v[b >> 2] |= static_cast<uint32_t>(static_cast<uint8_t>(requantise(y[b], a.inv_out, a.out_zp))) << (8 * (b & 3));
-            *reinterpret_cast<uint4*>(out) = make_uint4(v[0], v[1], v[2], v[3]);
-          }
-        } else {
-#pragma unroll
-          for (int b = 0; b < 16; ++b)
-            if (xs + b < a.W) out[b] = requantise(y[b], a.inv_out, a.out_zp);
-        }
-      } else {
-        float* out = static_cast<float*>(a.out) + o;
-        if constexpr (kVec) {
-          if (xs < a.W) {
-#pragma unroll
-            for (int q = 0; q < 4; ++q)
-              reinterpret_cast<float4*>(out)[q] = make_float4(y[4 * q], y[4 * q + 1], y[4 * q + 2], y[4 * q + 3]);
-          }
-        } else {
-#pragma unroll
-          for (int b = 0; b < 16; ++b)
-            if (xs + b < a.W) out[b] = y[b];
-        }
-      }
+      store_outputs16<kInt8Out, kVec>(a.out, o, y, a.W - xs, a.inv_out, a.out_zp);
     }
 #else
   __trap();  // the host only launches this on sm_80+
