@@ -14,8 +14,12 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
 all: test
 
+# When $(PYTHON) is itself a venv's interpreter (the GPU machine's python3 is), --system-site-packages
+# would skip that venv's packages: inherit_venv.py adds them. A base interpreter without ensurepip
+# gets a venv without pip, which then runs the parent venv's pip (installing into .venv).
 $(PY):
-	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PYTHON) -m venv --system-site-packages $(VENV) || $(PYTHON) -m venv --without-pip --system-site-packages $(VENV)
+	@$(PYTHON) tools/inherit_venv.py $(VENV)
 
 # Install only what the environment lacks (the GPU machine has everything and no registry).
 venv: $(PY)
