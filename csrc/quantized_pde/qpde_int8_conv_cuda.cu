@@ -912,6 +912,31 @@ bool int8_conv_mma_supported(const ConvGeom& g, int device) {
          (Co_pad / kBN) <= 65535 && Kpad <= kMax;
 }
 
+// The weight half of the prep kernel's arguments (repack to [Co_pad][Kpad], x_zp * row sums,
+// x_scale * w_scale, bias), shared by the prep + GEMM path and the direct 3x3 path. `consts` holds
+// corr, mult and bias, Co_pad entries each.
+PrepArgs weight_prep_args(const at::Tensor& w, const at::Tensor& w_scale, const at::Tensor& bias, const ConvGeom& g,
+                          const Int8ConvEpilogue& e, int64_t Cp, int64_t Kpad, int64_t Co_pad, int8_t* wp,
+                          uint8_t* consts) {
+  PrepArgs pa{};
+  pa.w = w.const_data_ptr<int8_t>();
+  pa.wp = wp;
+  pa.w_scale = w_scale.const_data_ptr<float>();
+  pa.bias = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+  pa.corr = reinterpret_cast<int32_t*>(consts);
+  pa.mult = reinterpret_cast<float*>(pa.corr + Co_pad);
+  pa.bias_out = pa.mult + Co_pad;
+  pa.Ci = static_cast<int>(g.Ci);
+  pa.Cp = static_cast<int>(Cp);
+  pa.C32 = static_cast<int>(Cp / 32);
+  pa.Co = static_cast<int>(g.Co);
+  pa.taps = static_cast<int>(g.kh * g.kw);
+  pa.Kpad = static_cast<int>(Kpad);
+  pa.x_zp = e.x_zp;
+  pa.x_scale = e.x_scale;
+  return pa;
+}
+
 void int8_conv_mma_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale, const at::Tensor& bias,
                         const ConvGeom& g, const Int8ConvEpilogue& e, at::Tensor& out) {
   const int64_t Cp = round_up(g.Ci, 32), C32 = Cp / 32, taps = g.kh * g.kw, HW = g.H * g.W;
@@ -922,46 +947,28 @@ void int8_conv_mma_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tens
   at::Tensor ws = at::empty({xh_bytes + wp_bytes + 3 * Co_pad * 4}, x.options().dtype(at::kByte));
   auto* base = ws.mutable_data_ptr<uint8_t>();
   int8_t* xh = reinterpret_cast<int8_t*>(base);
-  int8_t* wp = reinterpret_cast<int8_t*>(base + xh_bytes);
-  int32_t* corr = reinterpret_cast<int32_t*>(base + xh_bytes + wp_bytes);
-  float* mult = reinterpret_cast<float*>(corr + Co_pad);
-  float* biasc = mult + Co_pad;
   auto stream = c10::cuda::getCurrentCUDAStream();
 
-  PrepArgs pa{};
+  PrepArgs pa = weight_prep_args(w, w_scale, bias, g, e, Cp, Kpad, Co_pad, reinterpret_cast<int8_t*>(base + xh_bytes),
+                                 base + xh_bytes + wp_bytes);
   pa.x = x.const_data_ptr<int8_t>();
   pa.xh = xh;
-  pa.w = w.const_data_ptr<int8_t>();
-  pa.wp = wp;
-  pa.w_scale = w_scale.const_data_ptr<float>();
-  pa.bias = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
-  pa.corr = corr;
-  pa.mult = mult;
-  pa.bias_out = biasc;
-  pa.Ci = static_cast<int>(g.Ci);
   pa.HW = static_cast<int>(HW);
-  pa.Cp = static_cast<int>(Cp);
-  pa.C32 = static_cast<int>(C32);
   const int64_t tilesP = (HW + kPrepPix - 1) / kPrepPix, nT = g.N * tilesP * C32;
   const int64_t nW = Co_pad / (kPrepThreads / 32);
   TORCH_CHECK_VALUE(nT + nW <= std::numeric_limits<int32_t>::max(), "phasor::int8_conv2d: input too large for one grid");
   pa.tilesP = static_cast<int>(tilesP);
   pa.nT = static_cast<int>(nT);
-  pa.Co = static_cast<int>(g.Co);
-  pa.taps = static_cast<int>(taps);
-  pa.Kpad = static_cast<int>(Kpad);
-  pa.x_zp = e.x_zp;
-  pa.x_scale = e.x_scale;
   pa.vec_in = HW % 16 == 0 && reinterpret_cast<uintptr_t>(pa.x) % 16 == 0;
   int8_conv_prep_kernel<<<static_cast<unsigned>(nT + nW), kPrepThreads, 0, stream>>>(pa);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   MmaArgs ma{};
   ma.xh = xh;
-  ma.wp = wp;
-  ma.corr = corr;
-  ma.mult = mult;
-  ma.bias = biasc;
+  ma.wp = pa.wp;
+  ma.corr = pa.corr;
+  ma.mult = pa.mult;
+  ma.bias = pa.bias_out;
   ma.out = out.mutable_data_ptr();
   ma.H = static_cast<int>(g.H);
   ma.W = static_cast<int>(g.W);
@@ -1052,39 +1059,21 @@ void int8_conv_3x3_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tens
   const int64_t wp_bytes = round_up(Co_pad * Kpad, 256);
   at::Tensor ws = at::empty({wp_bytes + 3 * Co_pad * 4}, x.options().dtype(at::kByte));
   auto* base = ws.mutable_data_ptr<uint8_t>();
-  int8_t* wp = reinterpret_cast<int8_t*>(base);
-  int32_t* corr = reinterpret_cast<int32_t*>(base + wp_bytes);
-  float* mult = reinterpret_cast<float*>(corr + Co_pad);
-  float* biasc = mult + Co_pad;
   auto stream = c10::cuda::getCurrentCUDAStream();
 
   // the prep kernel's weight blocks only (nT = 0): the repack, row sums and per-channel constants
-  PrepArgs pa{};
-  pa.w = w.const_data_ptr<int8_t>();
-  pa.wp = wp;
-  pa.w_scale = w_scale.const_data_ptr<float>();
-  pa.bias = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
-  pa.corr = corr;
-  pa.mult = mult;
-  pa.bias_out = biasc;
-  pa.Ci = static_cast<int>(g.Ci);
-  pa.Cp = static_cast<int>(Cp);
-  pa.C32 = static_cast<int>(Cp / 32);
+  PrepArgs pa = weight_prep_args(w, w_scale, bias, g, e, Cp, Kpad, Co_pad, reinterpret_cast<int8_t*>(base),
+                                 base + wp_bytes);
   pa.nT = 0;
-  pa.Co = static_cast<int>(g.Co);
-  pa.taps = 9;
-  pa.Kpad = static_cast<int>(Kpad);
-  pa.x_zp = e.x_zp;
-  pa.x_scale = e.x_scale;
   int8_conv_prep_kernel<<<static_cast<unsigned>(Co_pad / (kPrepThreads / 32)), kPrepThreads, 0, stream>>>(pa);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   Conv3x3Args a{};
   a.x = x.const_data_ptr<int8_t>();
-  a.wp = wp;
-  a.corr = corr;
-  a.mult = mult;
-  a.bias = biasc;
+  a.wp = pa.wp;
+  a.corr = pa.corr;
+  a.mult = pa.mult;
+  a.bias = pa.bias_out;
   a.out = out.mutable_data_ptr();
   a.Ci = static_cast<int>(g.Ci);
   a.Co = static_cast<int>(g.Co);
