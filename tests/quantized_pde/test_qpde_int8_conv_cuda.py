@@ -250,39 +250,49 @@ def test_cuda_1x1_unaligned_noncontiguous_and_conv1d(monkeypatch):
     torch.testing.assert_close(gpu, cpu, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("geom", [
+# Shapes each direct path does not take: its switch value raises, and auto falls back to another path.
+INELIGIBLE = [("mma1x1", g) for g in [
     (1, 8, 9, 9, 4, 3, 1, 1, 1),    # 3x3
     (1, 8, 9, 9, 4, 1, 2, 0, 1),    # stride 2
     (1, 8, 9, 9, 4, 1, 1, 1, 1),    # padding 1
     (1, 257, 4, 4, 4, 1, 1, 0, 1),  # Cp 288 > 256
-])
-def test_cuda_1x1_env_rejects_ineligible(monkeypatch, geom):
-    # PHASOR_QPDE_CUDA_KERNEL=mma1x1 names the direct path only; auto falls back to the mma path there
-    x, w, ws, bias, st, pad, dil = _inputs(geom, 27)
-    monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", "mma1x1")
-    with pytest.raises(ValueError, match="mma1x1"):
+]] + [("mma3x3", g) for g in [
+    (1, 8, 9, 9, 4, 1, 1, 0, 1),    # 1x1
+    (1, 8, 9, 9, 4, 3, 2, 1, 1),    # stride 2
+    (1, 8, 9, 9, 4, 3, 1, 0, 1),    # padding 0
+    (1, 8, 9, 9, 4, 3, 1, 2, 2),    # dilation 2
+    (1, 8, 12, 12, 4, 5, 1, 2, 1),  # 5x5
+]]
+
+
+@pytest.mark.parametrize("kernel,geom", INELIGIBLE)
+def test_cuda_direct_env_rejects_ineligible(monkeypatch, kernel, geom):
+    x, w, ws, bias, st, pad, dil = _inputs(geom, 27 if kernel == "mma1x1" else 37)
+    monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", kernel)
+    with pytest.raises(ValueError, match=kernel):
         ops.int8_conv2d(x.cuda(), 0.03, 0, w.cuda(), ws.cuda(), bias.cuda(), st, pad, dil)
     monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", "auto")
     cpu, gpu = _both(x, 0.03, 0, w, ws, bias, st, pad, dil)
     _assert_match(cpu, gpu, "float")
 
 
-def test_cuda_1x1_bench_shape(monkeypatch):
-    # the benchmark's 1x1 shape (N 8, 64 channels, 128 x 128): direct == prep + GEMM bit for bit, and
-    # the first image against the CPU reference
-    g = torch.Generator().manual_seed(28)
+@pytest.mark.parametrize("kernel,k,pad,seed", [("mma1x1", 1, 0, 28), ("mma3x3", 3, 1, 38)])
+def test_cuda_direct_bench_shape(monkeypatch, kernel, k, pad, seed):
+    # the benchmark's shapes (N 8, 64 channels, 128 x 128, 1x1 and 3x3): direct == prep + GEMM bit for
+    # bit, and the first image against the CPU reference
+    g = torch.Generator().manual_seed(seed)
     x = torch.randint(-128, 128, (8, 64, 128, 128), generator=g, dtype=torch.int8).cuda()
-    w = torch.randint(-127, 128, (64, 64, 1, 1), generator=g, dtype=torch.int8).cuda()
+    w = torch.randint(-127, 128, (64, 64, k, k), generator=g, dtype=torch.int8).cuda()
     ws = (torch.rand(64, generator=g) * 0.002 + 0.001).cuda()
     b = torch.randn(64, generator=g).cuda()
     outs = {}
-    for k in ("mma1x1", "mma"):
-        monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", k)
-        outs[k] = ops.int8_conv2d(x, 0.02, -3, w, ws, b, 1, 0, 1, "relu", "int8", 0.5, -128)
-    assert torch.equal(outs["mma1x1"], outs["mma"])
-    want = ref.int8_conv2d_ref(x[:1].cpu(), 0.02, -3, w.cpu(), ws.cpu(), b.cpu(), [1, 1], [0, 0], [1, 1], "relu",
+    for name in (kernel, "mma"):
+        monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", name)
+        outs[name] = ops.int8_conv2d(x, 0.02, -3, w, ws, b, 1, pad, 1, "relu", "int8", 0.5, -128)
+    assert torch.equal(outs[kernel], outs["mma"])
+    want = ref.int8_conv2d_ref(x[:1].cpu(), 0.02, -3, w.cpu(), ws.cpu(), b.cpu(), [1, 1], [pad, pad], [1, 1], "relu",
                                "int8", 0.5, -128)
-    assert (outs["mma1x1"][:1].cpu().int() - want.int()).abs().max().item() <= 1
+    assert (outs[kernel][:1].cpu().int() - want.int()).abs().max().item() <= 1
 
 
 def test_cuda_1x1_graph_compile():
@@ -373,41 +383,6 @@ def test_cuda_3x3_misaligned_and_noncontiguous(monkeypatch):
         _assert_match(cpu, ops.int8_conv2d(xu, *args).cpu(), output)
         xc = x.cuda().contiguous(memory_format=torch.channels_last)
         _assert_match(cpu, ops.int8_conv2d(xc, *args).cpu(), output)
-
-
-@pytest.mark.parametrize("geom", [
-    (1, 8, 9, 9, 4, 1, 1, 0, 1),    # 1x1
-    (1, 8, 9, 9, 4, 3, 2, 1, 1),    # stride 2
-    (1, 8, 9, 9, 4, 3, 1, 0, 1),    # padding 0
-    (1, 8, 9, 9, 4, 3, 1, 2, 2),    # dilation 2
-    (1, 8, 12, 12, 4, 5, 1, 2, 1),  # 5x5
-])
-def test_cuda_3x3_env_rejects_ineligible(monkeypatch, geom):
-    x, w, ws, bias, st, pad, dil = _inputs(geom, 37)
-    monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", "mma3x3")
-    with pytest.raises(ValueError, match="mma3x3"):
-        ops.int8_conv2d(x.cuda(), 0.03, 0, w.cuda(), ws.cuda(), bias.cuda(), st, pad, dil)
-    monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", "auto")
-    cpu, gpu = _both(x, 0.03, 0, w, ws, bias, st, pad, dil)
-    _assert_match(cpu, gpu, "float")
-
-
-def test_cuda_3x3_bench_shape(monkeypatch):
-    # the benchmark's shape (N 8, 64 channels, 128 x 128, 3x3): direct == prep + GEMM bit for bit, and
-    # the first image against the CPU reference
-    g = torch.Generator().manual_seed(38)
-    x = torch.randint(-128, 128, (8, 64, 128, 128), generator=g, dtype=torch.int8).cuda()
-    w = torch.randint(-127, 128, (64, 64, 3, 3), generator=g, dtype=torch.int8).cuda()
-    ws = (torch.rand(64, generator=g) * 0.002 + 0.001).cuda()
-    b = torch.randn(64, generator=g).cuda()
-    outs = {}
-    for k in ("mma3x3", "mma"):
-        monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", k)
-        outs[k] = ops.int8_conv2d(x, 0.02, -3, w, ws, b, 1, 1, 1, "relu", "int8", 0.5, -128)
-    assert torch.equal(outs["mma3x3"], outs["mma"])
-    want = ref.int8_conv2d_ref(x[:1].cpu(), 0.02, -3, w.cpu(), ws.cpu(), b.cpu(), [1, 1], [1, 1], [1, 1], "relu",
-                               "int8", 0.5, -128)
-    assert (outs["mma3x3"][:1].cpu().int() - want.int()).abs().max().item() <= 1
 
 
 def test_cuda_3x3_graph_compile(monkeypatch):
