@@ -414,10 +414,12 @@ void dispatch_storage(at::ScalarType st, F&& f) {
 // PHASOR_GTA_CUDA_KERNEL picks the kernels: unset, "" or "auto" = tensor cores where they apply
 // (float16/bfloat16, head dim 32/64/96/128, sm_80+), else SIMT; "simt" = always SIMT; "mma_onload" /
 // "mma_prepass" = tensor cores with the forward's K~, V~ transformed on load / by a pre-pass (where they
-// apply); "mma_fwd_only" = the tensor-core forward (auto K/V mode) with the SIMT backward, for comparison.
-// The backward takes tensor cores under auto, mma, mma_onload and mma_prepass (gta_bwd_mma_supported).
+// apply); "mma_fwd_only" = the tensor-core forward (auto K/V mode) with the SIMT backward, for comparison;
+// "mma_atomic" = auto, with the backward's one-kernel atomic-dQ variant (gta_bwd_mma's atomic_dq).
+// The backward takes tensor cores under auto, mma, mma_onload, mma_prepass and mma_atomic (gta_bwd_mma_supported);
+// all but mma_atomic take the deterministic two-kernel one.
 // Read on every call (getenv costs far less than a launch), so tests can switch it per call.
-enum class KernelChoice { kAuto, kSimt, kMmaOnLoad, kMmaPrepass, kMmaFwdOnly };
+enum class KernelChoice { kAuto, kSimt, kMmaOnLoad, kMmaPrepass, kMmaFwdOnly, kMmaAtomic };
 
 KernelChoice kernel_choice() {
   const char* env = std::getenv("PHASOR_GTA_CUDA_KERNEL");
@@ -427,8 +429,9 @@ KernelChoice kernel_choice() {
   if (s == "mma_onload") return KernelChoice::kMmaOnLoad;
   if (s == "mma_prepass") return KernelChoice::kMmaPrepass;
   if (s == "mma_fwd_only") return KernelChoice::kMmaFwdOnly;
+  if (s == "mma_atomic") return KernelChoice::kMmaAtomic;
   TORCH_CHECK_VALUE(false, "phasor::gta_attention: PHASOR_GTA_CUDA_KERNEL must be auto, mma, simt, mma_onload, "
-                    "mma_prepass or mma_fwd_only, got '", s, "'");
+                    "mma_prepass, mma_fwd_only or mma_atomic, got '", s, "'");
 }
 
 std::tuple<at::Tensor, at::Tensor> gta_fwd_cuda(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
@@ -514,7 +517,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gta_bwd_c
   const bool mma = choice != KernelChoice::kSimt && choice != KernelChoice::kMmaFwdOnly &&
                    gta_bwd_mma_supported(q.scalar_type(), D.d, D.Nq, D.Nk, q.get_device());
   if (mma) {  // the attention core on tensor cores; the same float32 dqt, dkt, dvt, ot for the kernels below
-    gta_bwd_mma(S, g, q, k, v, gO, O, lse, mask, scale, v_transform, dqt, dkt, dvt, ot, stream);
+    gta_bwd_mma(S, g, q, k, v, gO, O, lse, mask, scale, v_transform, choice == KernelChoice::kMmaAtomic, dqt, dkt,
+                dvt, ot, stream);
   }
   at::Tensor qt, dot_t, Dv;  // SIMT scratch
   if (!mma) {

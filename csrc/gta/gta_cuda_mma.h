@@ -45,6 +45,18 @@ __host__ __device__ constexpr int c_to_a_elem(int r) { return 2 * (r & 1); }
 // rows) for head dims 96 and 128, where the S and dP fragments of 64 rows next to two D-wide
 // accumulators would exceed 255 registers.
 __host__ __device__ constexpr int bwd_tile_nt(int d) { return d <= 64 ? 8 : 4; }
+// Atomic-dQ variant (one kernel): the key-side warps park dS^T (and P^T) C fragments in shared memory
+// ([64 keys][tm + 8], row = key, column = query): element e of n-tile n at ct_store(n, lane, e, ld) from the
+// warp's first key row. Then the block's tm x D dQ~ partial is split over the 4 warps: tm / 16 query row
+// groups times 64 / tm channel slices of d tm / 64 channels; warp w takes row group tb_rg(w, tm) and the
+// channel pairs from tb_dp0(w, tm, d). Its A operand (16 queries x 16 keys of chunk kk, i.e. the parked
+// transpose) is one ldmatrix.x4.trans at tb_a(kk, rg, ld) + k_lane(lane, ld); B as mma_cb (cb_b, v_lane).
+__host__ __device__ constexpr int ct_store(int n, int lane, int e, int ld) {
+  return ((lane >> 2) + 8 * (e >> 1)) * ld + n * 8 + 2 * (lane & 3) + (e & 1);
+}
+__host__ __device__ constexpr int tb_rg(int w, int tm) { return w % (tm / 16); }
+__host__ __device__ constexpr int tb_dp0(int w, int tm, int d) { return (w / (tm / 16)) * (d * tm / 64 / 16); }
+__host__ __device__ constexpr int tb_a(int kk, int rg, int ld) { return kk * 16 * ld + rg * 16; }
 }  // namespace mma_layout
 
 enum class MmaKvMode { kAuto, kOnLoad, kPrepass };
@@ -75,10 +87,13 @@ bool gta_bwd_mma_supported(at::ScalarType dtype, int64_t d, int64_t Nq, int64_t 
 //   dqt = dL/d(P^T q) (scale included), dkt = dL/dk~, dvt = dL/dv~ (k~ = P^-1 k, v~ = P^-1 v or v),
 //   ot (when defined) = o~ = softmax(q~ k~^T) v~ in the 16-channel tiles that overlap the SE(3)
 //   channels [triv, triv + se3), 0 elsewhere (the SE(3) gradient reads only those channels).
-// Deterministic (no atomics). Launches on `stream`.
+// atomic_dq false: deterministic (no atomics; a key-side and a query-side kernel). true: one key-side kernel
+// also adds each key block's dq~ (and o~) share into the zeroed float32 dqt (ot) with float atomics (FA2's
+// split: 5 block matmuls per tile pair instead of 8; the sum order, hence the low bits, varies run to run).
+// Launches on `stream`.
 void gta_bwd_mma(const dev::Shape& S, const dev::GeoPtrs& g, const at::Tensor& q, const at::Tensor& k,
                  const at::Tensor& v, const at::Tensor& dO, const at::Tensor& O, const at::Tensor& lse,
-                 const at::Tensor& mask, double scale, bool v_transform, const at::Tensor& dqt,
+                 const at::Tensor& mask, double scale, bool v_transform, bool atomic_dq, const at::Tensor& dqt,
                  const at::Tensor& dkt, const at::Tensor& dvt, const at::Tensor& ot, cudaStream_t stream);
 
 }  // namespace phasor::gta

@@ -14,6 +14,10 @@
 //     dQ~ += dS K~ and (SE(3) with v_transform) o~ += P V~ in the channel tiles the SE(3) gradient reads.
 // Every output element is written by one thread after a fixed-order sum: no atomics, results are
 // bitwise repeatable. All accumulators are float32 in registers.
+// Atomic-dQ variant (gta_bwd_mma's atomic_dq, FlashAttention-2's split): kernel 3 alone, which after each
+// query tile parks dS^T (and P^T) in shared memory and adds its key block's dQ~ = scale dS K~ (o~ = P V~)
+// share into zeroed float32 dqt (ot) with float atomics; kernel 4 is not run. S and dP are computed once
+// per tile pair (5 block matmuls instead of 8); the sum order over key blocks, so the low bits, varies.
 //
 // Q~ carries log2(e): S is in base 2 and dK~ = scale sum dS q~ = ln 2 sum dS Q~. dS is dL/d(scale q~ . k~).
 // Fragment layouts and the lane-address helpers: gta_cuda_mma.cu, gta_cuda_mma.h (mma_layout); the
@@ -128,6 +132,61 @@ __device__ __forceinline__ void mma_cb(float (&acc)[D / 8][4], const float (&x)[
   }
 }
 
+// Park a warp's 16 x 8 NT C fragments x (rows = its keys) in shared memory at `dst` (its first key row,
+// row stride kLdX), rounded to T as c_to_a rounds them for the tensor cores.
+template <typename T, int NT, int kLdX>
+__device__ __forceinline__ void park_ct(T* dst, const float (&x)[NT][4], int lane) {
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    *reinterpret_cast<uint32_t*>(dst + mma_layout::ct_store(n, lane, 0, kLdX)) = Pack<T>::pack(x[n][0], x[n][1]);
+    *reinterpret_cast<uint32_t*>(dst + mma_layout::ct_store(n, lane, 2, kLdX)) = Pack<T>::pack(x[n][2], x[n][3]);
+  }
+}
+
+// This warp's share of dst[i0 .., :] += mul X B over the block's kBR keys: X^T parked at sX ([kBR][kLdX],
+// row = key), B = the block's rows at sB ([kBR][kLd], row = key). Warps split the 8 NT x D product by
+// mma_layout::tb_*; channel pairs outside [lo, hi) are skipped; rows from nq on are not written.
+// Plain float atomicAdd with the result unused compiles to RED.ADD.F32 (no return trip).
+template <typename T, int D, int NT>
+__device__ __forceinline__ void red_tb(float* dst, const T* sX, const T* sB, int i0, int nq, float mul, int lo,
+                                       int hi) {
+  constexpr int kTM = 8 * NT, kLdX = kTM + 8, kLd = D + 8, kPairs = D * kTM / 64 / 16;
+  static_assert(kTM % 16 == 0 && 64 % kTM == 0 && D * kTM % (64 * 16) == 0, "warp split");
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int rg = mma_layout::tb_rg(warp, kTM), dp0 = mma_layout::tb_dp0(warp, kTM, D);
+  float acc[2 * kPairs][4];
+#pragma unroll
+  for (int n = 0; n < 2 * kPairs; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < kBR / 16; ++kk) {
+    uint32_t fa[4];
+    ldsm_x4_trans(smem_u32(sX + mma_layout::tb_a(kk, rg, kLdX) + mma_layout::k_lane(lane, kLdX)), fa[0], fa[1],
+                  fa[2], fa[3]);
+#pragma unroll
+    for (int dl = 0; dl < kPairs; ++dl) {
+      if (dp0 + dl < lo || dp0 + dl >= hi) continue;
+      uint32_t b0, b1, b2, b3;
+      ldsm_x4_trans(smem_u32(sB + mma_layout::cb_b(kk, dp0 + dl, kLd) + mma_layout::v_lane(lane, kLd)), b0, b1, b2,
+                    b3);
+      mma16816<T>(acc[2 * dl], fa, b0, b1);
+      mma16816<T>(acc[2 * dl + 1], fa, b2, b3);
+    }
+  }
+  const int r = i0 + rg * 16 + lane / 4;
+#pragma unroll
+  for (int n = 0; n < 2 * kPairs; ++n) {
+    if (dp0 + n / 2 < lo || dp0 + n / 2 >= hi) continue;
+    const int c = dp0 * 16 + n * 8 + 2 * (lane % 4);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if (r + 8 * h >= nq) continue;
+      float* o = dst + int64_t(r + 8 * h) * D + c;
+      atomicAdd(o, mul * acc[n][2 * h]);
+      atomicAdd(o + 1, mul * acc[n][2 * h + 1]);
+    }
+  }
+}
+
 // Q~ (scaled), do~ and delta: one warp per query row, lane = 4-channel chunk (dev::apply_chunk4 with the
 // forward prologue's op and rounding, q and dO sharing the token).
 template <typename T, int D>
@@ -170,6 +229,11 @@ template <typename T, int D>
 constexpr size_t smem_kv() {
   return size_t(2 * kBR + 4 * 8 * tile_nt<D>()) * (D + 8) * sizeof(T) + 4 * 8 * tile_nt<D>() * sizeof(float);
 }
+// The atomic-dQ variant's parking space for dS^T (and P^T when o~ is wanted): [kBR][8 NT + 8] each.
+template <typename T, int D>
+constexpr size_t smem_park() {
+  return size_t(kBR) * (8 * tile_nt<D>() + 8) * sizeof(T);
+}
 template <typename T, int D>
 constexpr size_t smem_q() {
   return size_t(2 * kBR + 4 * 8 * tile_nt<D>()) * (D + 8) * sizeof(T) + 2 * 8 * tile_nt<D>() * sizeof(float);
@@ -191,8 +255,9 @@ __device__ __forceinline__ void load_rows2(const T* src0, const T* src1, int row
   }
 }
 
-// dK~, dV~ of 64 keys of one (batch, head) per block: grid (B H, ceil(Nk / 64)).
-template <typename T, int D>
+// dK~, dV~ of 64 keys of one (batch, head) per block: grid (B H, ceil(Nk / 64)). kAtomic: also this key
+// block's share of dQ~ (and o~) per query tile, added into the zeroed A.dqt (A.ot) by red_tb.
+template <typename T, int D, bool kAtomic>
 __global__ void __launch_bounds__(kThreads) gta_bwd_kv_mma_kernel(const BwdArgs<T> A) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // mma.sync bf16, ldmatrix and cp.async need sm_80 (the host never launches this there)
@@ -205,6 +270,10 @@ __global__ void __launch_bounds__(kThreads) gta_bwd_kv_mma_kernel(const BwdArgs<
   T* sV = sK + kBR * kLd;                                        // [kBR][kLd] V~
   T* sBuf = sV + kBR * kLd;                                      // buffer u: Q~ at sBuf + 2 u kTileT, do~ next
   float* sLD = reinterpret_cast<float*>(sBuf + 4 * kTileT);      // [2][2][kTM]: base-2 lse, delta
+  constexpr int kLdX = kTM + 8;
+  T* sDS = reinterpret_cast<T*>(sLD + 4 * kTM);                  // kAtomic: [kBR][kLdX] dS^T, then P^T
+  T* sP = sDS + kBR * kLdX;
+  const bool want_o = kAtomic && A.ot != nullptr;
 
   const Shape& S = A.S;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -277,6 +346,7 @@ __global__ void __launch_bounds__(kThreads) gta_bwd_kv_mma_kernel(const BwdArgs<
       p[n][3] = exp2f(p[n][3] + kb_hi - L.y);
     }
     mma_cb<T, D, NT, kLd>(dv, p, tO + bt_lane);  // dV~ += P^T do~
+    if (want_o) park_ct<T, NT, kLdX>(sP + warp * 16 * kLdX, p, lane);
 
     // dS^T = P^T (V~ do~^T - delta)
     float ds[NT][4];
@@ -290,7 +360,13 @@ __global__ void __launch_bounds__(kThreads) gta_bwd_kv_mma_kernel(const BwdArgs<
       ds[n][3] = p[n][3] * (ds[n][3] - dl.y);
     }
     mma_cb<T, D, NT, kLd>(dk, ds, tQ + bt_lane);  // dK~ += dS^T Q~ (Q~ carries log2 e)
-    __syncthreads();  // buffer t & 1 is refilled (tile t+2) in the next iteration
+    if constexpr (kAtomic) {  // dQ~ += scale dS K~ and o~ += P V~ over this block's keys
+      park_ct<T, NT, kLdX>(sDS + warp * 16 * kLdX, ds, lane);
+      __syncthreads();  // every warp's dS^T / P^T parked
+      red_tb<T, D, NT>(A.dqt + qrow0 * D, sDS, sK, t * kTM, S.Nq, A.scale, 0, D / 16);
+      if (want_o) red_tb<T, D, NT>(A.ot + qrow0 * D, sP, sV, t * kTM, S.Nq, 1.f, A.ot_lo, A.ot_hi);
+    }
+    __syncthreads();  // buffer t & 1 is refilled (tile t+2), and sDS / sP rewritten, in the next iteration
   }
 
   const int j_lo = j0 + kr_lo, j_hi = j0 + kr_hi;
@@ -426,8 +502,8 @@ __global__ void __launch_bounds__(kThreads) gta_bwd_q_mma_kernel(const BwdArgs<T
 template <typename T, int D>
 void launch_bwd(const Shape& S, const GeoPtrs& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                 const at::Tensor& dO, const at::Tensor& O, const at::Tensor& lse, const at::Tensor& mask, double scale,
-                bool vt, const at::Tensor& dqt, const at::Tensor& dkt, const at::Tensor& dvt, const at::Tensor& ot,
-                cudaStream_t stream) {
+                bool vt, bool atomic_dq, const at::Tensor& dqt, const at::Tensor& dkt, const at::Tensor& dvt,
+                const at::Tensor& ot, cudaStream_t stream) {
   const char* op = "phasor::gta_attention_bwd";
   auto ptr = [](const at::Tensor& t) { return reinterpret_cast<T*>(t.data_ptr()); };
   // scratch, alive until the kernels have been queued (stream order)
@@ -449,11 +525,23 @@ void launch_bwd(const Shape& S, const GeoPtrs& g, const at::Tensor& q, const at:
                      dqt.data_ptr<float>(), dkt.data_ptr<float>(), dvt.data_ptr<float>(),
                      ot.defined() ? ot.data_ptr<float>() : nullptr};
   const unsigned bhs = phasor::cuda::grid_for(int64_t(S.B) * S.H, op, "(batch, head) pairs");
+  const dim3 grid_kv(bhs, unsigned(phasor::cuda::ceil_div(S.Nk, kBR)));
+  if (atomic_dq) {  // one kernel; the SE(3) reduction and epilogue then read the summed dqt / ot
+    C10_CUDA_CHECK(cudaMemsetAsync(dqt.data_ptr(), 0, dqt.nbytes(), stream));
+    if (ot.defined()) C10_CUDA_CHECK(cudaMemsetAsync(ot.data_ptr(), 0, ot.nbytes(), stream));
+    const size_t smem = smem_kv<T, D>() + (ot.defined() ? 2 : 1) * smem_park<T, D>();
+    auto kernel = gta_bwd_kv_mma_kernel<T, D, true>;
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(smem_kv<T, D>() + 2 * smem_park<T, D>())));
+    kernel<<<grid_kv, kThreads, smem, stream>>>(a);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
   {
     constexpr size_t smem = smem_kv<T, D>();
-    auto kernel = gta_bwd_kv_mma_kernel<T, D>;
+    auto kernel = gta_bwd_kv_mma_kernel<T, D, false>;
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kernel<<<dim3(bhs, unsigned(phasor::cuda::ceil_div(S.Nk, kBR))), kThreads, smem, stream>>>(a);
+    kernel<<<grid_kv, kThreads, smem, stream>>>(a);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   {
@@ -468,13 +556,14 @@ void launch_bwd(const Shape& S, const GeoPtrs& g, const at::Tensor& q, const at:
 template <typename T>
 void launch_bwd_d(const Shape& S, const GeoPtrs& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const at::Tensor& dO, const at::Tensor& O, const at::Tensor& lse, const at::Tensor& mask,
-                  double scale, bool vt, const at::Tensor& dqt, const at::Tensor& dkt, const at::Tensor& dvt,
-                  const at::Tensor& ot, cudaStream_t stream) {
+                  double scale, bool vt, bool atomic, const at::Tensor& dqt, const at::Tensor& dkt,
+                  const at::Tensor& dvt, const at::Tensor& ot, cudaStream_t stream) {
   switch (S.d) {
-    case 32: return launch_bwd<T, 32>(S, g, q, k, v, dO, O, lse, mask, scale, vt, dqt, dkt, dvt, ot, stream);
-    case 64: return launch_bwd<T, 64>(S, g, q, k, v, dO, O, lse, mask, scale, vt, dqt, dkt, dvt, ot, stream);
-    case 96: return launch_bwd<T, 96>(S, g, q, k, v, dO, O, lse, mask, scale, vt, dqt, dkt, dvt, ot, stream);
-    case 128: return launch_bwd<T, 128>(S, g, q, k, v, dO, O, lse, mask, scale, vt, dqt, dkt, dvt, ot, stream);
+    case 32: return launch_bwd<T, 32>(S, g, q, k, v, dO, O, lse, mask, scale, vt, atomic, dqt, dkt, dvt, ot, stream);
+    case 64: return launch_bwd<T, 64>(S, g, q, k, v, dO, O, lse, mask, scale, vt, atomic, dqt, dkt, dvt, ot, stream);
+    case 96: return launch_bwd<T, 96>(S, g, q, k, v, dO, O, lse, mask, scale, vt, atomic, dqt, dkt, dvt, ot, stream);
+    case 128:
+      return launch_bwd<T, 128>(S, g, q, k, v, dO, O, lse, mask, scale, vt, atomic, dqt, dkt, dvt, ot, stream);
     default: TORCH_CHECK(false, "phasor::gta_attention_bwd: no tensor-core kernel for head dim ", S.d);
   }
 }
@@ -492,18 +581,20 @@ bool gta_bwd_mma_supported(at::ScalarType dtype, int64_t d, int64_t Nq, int64_t 
 
 void gta_bwd_mma(const Shape& S, const GeoPtrs& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                  const at::Tensor& dO, const at::Tensor& O, const at::Tensor& lse, const at::Tensor& mask,
-                 double scale, bool v_transform, const at::Tensor& dqt, const at::Tensor& dkt, const at::Tensor& dvt,
-                 const at::Tensor& ot, cudaStream_t stream) {
+                 double scale, bool v_transform, bool atomic_dq, const at::Tensor& dqt, const at::Tensor& dkt,
+                 const at::Tensor& dvt, const at::Tensor& ot, cudaStream_t stream) {
   TORCH_CHECK(q.numel() > 0 && k.numel() > 0, "phasor::gta_attention_bwd: tensor-core kernels need Nq, Nk >= 1");
   TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.is_contiguous(), "phasor::gta_attention_bwd: lse must be "
               "contiguous float32");
   const at::Tensor qa = aligned(q), ka = aligned(k), va = aligned(v), ga = aligned(dO), oa = aligned(O);
   if (q.scalar_type() == at::kHalf) {
-    launch_bwd_d<__half>(S, g, qa, ka, va, ga, oa, lse, mask, scale, v_transform, dqt, dkt, dvt, ot, stream);
+    launch_bwd_d<__half>(S, g, qa, ka, va, ga, oa, lse, mask, scale, v_transform, atomic_dq, dqt, dkt, dvt, ot,
+                         stream);
   } else {
     TORCH_CHECK(q.scalar_type() == at::kBFloat16, "phasor::gta_attention_bwd: tensor-core kernel takes float16 or "
                 "bfloat16, got ", q.scalar_type());
-    launch_bwd_d<__nv_bfloat16>(S, g, qa, ka, va, ga, oa, lse, mask, scale, v_transform, dqt, dkt, dvt, ot, stream);
+    launch_bwd_d<__nv_bfloat16>(S, g, qa, ka, va, ga, oa, lse, mask, scale, v_transform, atomic_dq, dqt, dkt, dvt,
+                                ot, stream);
   }
 }
 

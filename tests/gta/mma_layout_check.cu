@@ -4,7 +4,10 @@
 //     S = Q K^T and O = S V exactly (small integers: every sum is exact in float).
 //  2. the backward's two kernels (gta_cuda_mma_bwd.cu) on one block each: their operand offsets
 //     (mma_layout::abt_* / cb_b / c_to_a_*) and lane helpers in transposed roles, the C -> A repacking
-//     of P and dS, and the fragment row / column of the bias, lse and delta terms, against plain loops.
+//     of P and dS, and the fragment row / column of the bias, lse and delta terms, against plain loops;
+//     and the atomic-dQ variant's key side: dS^T / P^T parked by mma_layout::ct_store, the warps' split
+//     (tb_rg, tb_dp0), the transposed A load (tb_a + k_lane, .trans) and the row / column of each added
+//     element, giving this key block's dQ~ and o~ shares.
 //  3. dev::apply_chunk4 (4 channels at a time, K and V together) equals dev::apply_channel channel by
 //     channel, for several splits, transposes and signs.
 // Build and run (CPU machine):
@@ -234,6 +237,48 @@ void emu_cb(float acc[D / 8][32][4], const float x[NT][32][4], const std::vector
 int c_row(int L, int e) { return L / 4 + 8 * (e >> 1); }
 int c_col(int n, int L, int e) { return n * 8 + 2 * (L % 4) + (e & 1); }
 
+// The kernel's park_ct: a warp's C fragments x into sx at `base` (its first key row), row stride ld.
+template <int NT>
+void emu_park(std::vector<float>& sx, int base, const float x[NT][32][4], int ld) {
+  for (int n = 0; n < NT; ++n)
+    for (int L = 0; L < 32; ++L)
+      for (int e = 0; e < 4; ++e) sx[base + mma_layout::ct_store(n, L, e, ld)] = x[n][L][e];
+}
+
+// The kernel's red_tb over all 4 warps: dst[i0 .., :] += X B over the 64 keys, X^T parked in sx
+// ([64][8 NT + 8]), B in sb ([64][D + 8]); channel pairs outside [lo, hi) and rows from nq on untouched.
+template <int D, int NT>
+void emu_red_tb(std::vector<float>& dst, const std::vector<float>& sx, const std::vector<float>& sb, int i0, int nq,
+                int lo, int hi) {
+  constexpr int kTM = 8 * NT, kLdX = kTM + 8, kLd = D + 8, kPairs = D * kTM / 64 / 16;
+  for (int warp = 0; warp < 4; ++warp) {
+    const int rg = mma_layout::tb_rg(warp, kTM), dp0 = mma_layout::tb_dp0(warp, kTM, D);
+    static float acc[2 * kPairs][32][4];
+    for (auto& n : acc)
+      for (auto& l : n) l[0] = l[1] = l[2] = l[3] = 0.f;
+    for (int kk = 0; kk < 4; ++kk) {
+      Reg fa[32][4];
+      ldsm(sx, mma_layout::tb_a(kk, rg, kLdX), mma_layout::k_lane, kLdX, true, fa);
+      for (int dl = 0; dl < kPairs; ++dl) {
+        if (dp0 + dl < lo || dp0 + dl >= hi) continue;
+        Reg r[32][4], b01[32][2], b23[32][2];
+        ldsm(sb, mma_layout::cb_b(kk, dp0 + dl, kLd), mma_layout::v_lane, kLd, true, r);
+        split(r, b01, b23);
+        mma(acc[2 * dl], fa, b01);
+        mma(acc[2 * dl + 1], fa, b23);
+      }
+    }
+    for (int n = 0; n < 2 * kPairs; ++n) {
+      if (dp0 + n / 2 < lo || dp0 + n / 2 >= hi) continue;
+      for (int L = 0; L < 32; ++L)
+        for (int e = 0; e < 4; ++e) {
+          const int row = i0 + rg * 16 + c_row(L, e);
+          if (row < nq) dst[row * D + dp0 * 16 + c_col(n, L, e)] += acc[n][L][e];
+        }
+    }
+  }
+}
+
 // Both backward kernels on one block, over two streamed tiles, with an exp-free stand-in for the softmax
 // (P = S + row bias - column offset, small integers: every sum is exact in float), against plain loops:
 // key side dV~ = P^T dO~, dK~ = dS^T Q~ with dS^T = P^T (V~ dO~^T - delta); query side o~ = P V~ (in the
@@ -257,6 +302,10 @@ void check_bwd_block(std::mt19937& rng) {
     for (auto& x : dl) x = float(ub(rng));
     for (int t = 0; t < kTiles; ++t) fill(tQ[t], kT), fill(tO[t], kT);
     std::vector<float> dK(kBR * D, 0.f), dV(kBR * D, 0.f);
+    constexpr int kLdX = kT + 8;
+    const int lo = D / 16 > 2 ? 1 : 0, hi = D / 16 - 1, nq = kTiles * kT - 5;  // o~ tiles; a query tail
+    std::vector<float> sDS[kTiles], sP[kTiles];  // parked dS^T, P^T per tile (99 in the padding)
+    for (int t = 0; t < kTiles; ++t) sDS[t].assign(kBR * kLdX, 99.f), sP[t].assign(kBR * kLdX, 99.f);
     for (int warp = 0; warp < 4; ++warp) {
       static float dk[D / 8][32][4], dv[D / 8][32][4], p[NT][32][4], ds[NT][32][4];
       for (int n = 0; n < D / 8; ++n)
@@ -273,6 +322,8 @@ void check_bwd_block(std::mt19937& rng) {
           for (int l = 0; l < 32; ++l)
             for (int e = 0; e < 4; ++e) ds[n][l][e] = p[n][l][e] * (ds[n][l][e] - dl[t * kT + c_col(n, l, e)]);
         emu_cb<D, NT>(dk, ds, tQ[t], 0, 0, D / 16);
+        emu_park<NT>(sP[t], warp * 16 * kLdX, p, kLdX);
+        emu_park<NT>(sDS[t], warp * 16 * kLdX, ds, kLdX);
       }
       for (int n = 0; n < D / 8; ++n)
         for (int l = 0; l < 32; ++l)
@@ -281,6 +332,29 @@ void check_bwd_block(std::mt19937& rng) {
             dK[r * D + c] = dk[n][l][e], dV[r * D + c] = dv[n][l][e];
           }
     }
+    // atomic-dQ variant: this key block's dQ~ = dS K~ and o~ = P V~ shares, tile by tile
+    std::vector<float> dQa(kTiles * kT * D, 0.f), Oa(kTiles * kT * D, 0.f);
+    for (int t = 0; t < kTiles; ++t) {
+      emu_red_tb<D, NT>(dQa, sDS[t], sK, t * kT, nq, 0, D / 16);
+      emu_red_tb<D, NT>(Oa, sP[t], sV, t * kT, nq, lo, hi);
+    }
+    for (int t = 0; t < kTiles; ++t)
+      for (int i = 0; i < kT; ++i) {
+        const int row = t * kT + i;
+        std::vector<float> wq(D, 0.f), wo(D, 0.f);
+        for (int j = 0; j < kBR; ++j) {
+          float s = 0.f, dp = 0.f;
+          for (int c = 0; c < D; ++c) s += sK[j * kLd + c] * tQ[t][i * kLd + c], dp += sV[j * kLd + c] * tO[t][i * kLd + c];
+          const float pp = s + kb[j] - L[row], dss = pp * (dp - dl[row]);
+          for (int c = 0; c < D; ++c) wq[c] += dss * sK[j * kLd + c], wo[c] += pp * sV[j * kLd + c];
+        }
+        for (int c = 0; c < D; ++c) {
+          const bool in = row < nq;
+          expect(dQa[row * D + c] == (in ? wq[c] : 0.f), "bwd atomic variant dQ~ share", row, c);
+          expect(Oa[row * D + c] == (in && c / 16 >= lo && c / 16 < hi ? wo[c] : 0.f), "bwd atomic variant o~ share",
+                 row, c);
+        }
+      }
     for (int j = 0; j < kBR; ++j) {
       std::vector<float> wk(D, 0.f), wv(D, 0.f);
       for (int t = 0; t < kTiles; ++t)

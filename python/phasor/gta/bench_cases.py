@@ -8,9 +8,13 @@ transforms around torch's scaled_dot_product_attention (the best library alterna
 branch do this); `sdpa-no-geometry` = plain SDPA on untransformed q, k, v (the floor).
 CPU: float32. CUDA: bfloat16 q, k, v (float32 geometry), the fused op taking its tensor-core kernel, and
 `sdpa-no-geometry` pinned to SDPA's flash backend (FlashAttention-2), the GPU target's reference; the
-check there compares against the float32 reference at bfloat16 tolerance.
+check there compares against the float32 reference at bfloat16 tolerance. CUDA forward + backward cases
+also time `fused-atomic`: the fused op under PHASOR_GTA_CUDA_KERNEL=mma_atomic (the one-kernel atomic-dQ
+backward; `fused` keeps the deterministic default), and check its gradients too.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +41,22 @@ def sdpa_flash(q, k, v, *rest):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         return F.scaled_dot_product_attention(q, k, v)
+
+
+def with_kernel(run, kernel):
+    """`run` (a whole forward + backward) under PHASOR_GTA_CUDA_KERNEL=kernel, which the op reads on every
+    call; the previous value is restored afterwards."""
+    def wrapped():
+        old = os.environ.get("PHASOR_GTA_CUDA_KERNEL")
+        os.environ["PHASOR_GTA_CUDA_KERNEL"] = kernel
+        try:
+            return run()
+        finally:
+            if old is None:
+                os.environ.pop("PHASOR_GTA_CUDA_KERNEL", None)
+            else:
+                os.environ["PHASOR_GTA_CUDA_KERNEL"] = old
+    return wrapped
 
 
 def _inputs(device, N, H=6, B=1, V=2, dtype=torch.float32):
@@ -72,6 +92,9 @@ def _gta_case(device, N, backward):
             t.requires_grad_()
         runners = {k: (lambda f=f: torch.autograd.grad(f(*args), leaves, cot, allow_unused=True))
                    for k, f in impls.items()}
+        if cuda:  # right after `fused`, so the two backwards sit side by side in the table
+            fused_run = runners.pop("fused")
+            runners = {"fused": fused_run, "fused-atomic": with_kernel(fused_run, "mma_atomic"), **runners}
     else:
         def no_grad(f):
             def run():
@@ -90,8 +113,9 @@ def _gta_case(device, N, backward):
         if not backward:
             return ok
         g1 = torch.autograd.grad(fused(*args), leaves, cot)
+        g3 = with_kernel(lambda: torch.autograd.grad(fused(*args), leaves, cot), "mma_atomic")()
         g2 = torch.autograd.grad(eager(*ref_args), ref_leaves, cot.float())
-        return ok and scaled_close([g.float() for g in g1], g2, 5e-2)
+        return ok and all(scaled_close([g.float() for g in g], g2, 5e-2) for g in (g1, g3))
 
     def check():
         if cuda:
