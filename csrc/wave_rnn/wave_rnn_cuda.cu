@@ -574,12 +574,13 @@ KernelChoice kernel_choice(const char* op) {
   TORCH_CHECK_VALUE(false, op, ": PHASOR_WAVE_CUDA_KERNEL must be auto or block, got '", std::string(v), "'");
 }
 
-// Largest c of the fast kernels: the forward holds c * 3 weights per thread, the backward twice that
-// (flipped taps and the weight-gradient accumulators), within 255 registers and no spills.
+// Largest c of the fast kernels: the forward holds c * 3 weights per thread, the backward up to
+// CM = 16 twice that (flipped taps and the weight-gradient accumulators), within 255 registers and
+// no spills; the float backward at CM = 32 splits the two between thread teams (see the .cuh).
 template <typename A>
 constexpr int kFastFwdMaxC = std::is_same_v<A, double> ? 16 : 32;
 template <typename A>
-constexpr int kFastBwdMaxC = std::is_same_v<A, double> ? 8 : 16;
+constexpr int kFastBwdMaxC = std::is_same_v<A, double> ? 8 : 32;
 
 struct FastPlan {
   int cm = 0;  // the kernel's compile-time channel bound; 0: the fast kernels do not apply
@@ -609,7 +610,8 @@ FastPlan plan_fast(const Dims& d, bool backward, int64_t limit, std::initializer
   const int64_t ldr = odd_multiple(fast::kRJ * ntiles, static_cast<int64_t>(16 / sizeof(A)));
   const int64_t state = (backward ? 4 * d.c * ld + d.c * ldr : 2 * d.c * ld) * static_cast<int64_t>(sizeof(A));
   const int64_t ring = fast::kStages * (backward ? 2 : 1) * d.c * ldu * static_cast<int64_t>(sizeof(T));
-  const int64_t jg = fast::kFastThreads / d.c;
+  const int cm = d.c <= 16 ? (backward && std::is_same_v<A, double> ? kFastBwdMaxC<A> : 16) : max_c;
+  const int64_t jg = (backward ? fast::bwd_team_threads(cm) : fast::kFastThreads) / d.c;
   const int64_t scratch = backward ? jg * (d.c * d.c * 3 + d.c) * static_cast<int64_t>(sizeof(A)) : 0;
   fp.bytes = std::max(state + ring, scratch);
   if (fp.bytes > limit) return fp;
@@ -623,7 +625,7 @@ FastPlan plan_fast(const Dims& d, bool backward, int64_t limit, std::initializer
   g.stage_mode = aligned16 ? fast::kStageVec16 : (sizeof(T) >= 4 ? fast::kStageElem : fast::kStageSync);
   g.vec_out = d.n % 4 == 0 && reinterpret_cast<uintptr_t>(dst) % alignof(fast::V4<T>) == 0;
   g.state_bytes = static_cast<int>(state);
-  fp.cm = d.c <= 16 ? (backward && std::is_same_v<A, double> ? kFastBwdMaxC<A> : 16) : max_c;
+  fp.cm = cm;
   return fp;
 }
 

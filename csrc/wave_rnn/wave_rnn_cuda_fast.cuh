@@ -26,6 +26,13 @@
 // and all T steps in registers; at the end the block adds its JG tile groups in group order into
 // the sample's partial row, and batch_sum_kernel adds the B rows in batch order (deterministic,
 // no atomics).
+//
+// Backward for 16 < c <= 32 (CM = 32): the flipped taps and the gW accumulators (2 * 96 floats)
+// do not fit one thread's registers, so the block splits into two teams of 128 threads (warps
+// 0-3 and 4-7), each with the tile map above over its own 128 threads (JG = 128 / c): the
+// "transpose" team keeps the flipped taps and computes delta and r (it owns the r rows), the
+// "weight" team keeps the gW accumulators and stages h_{t-1}. Each thread thus holds c * 3
+// values, as in the forward at c = 32; both teams cover every tile, so the FMA count is unchanged.
 #pragma once
 
 namespace phasor::wave::fast {
@@ -35,12 +42,15 @@ constexpr int kRJ = 4;      // ring positions per tile
 constexpr int kP0 = 4;      // left padding of a state row: keeps every tile's centre 16-byte aligned
 constexpr int kStages = 5;  // input ring depth (>= 3: the backward reads entries s and s + 1 at step s)
 
+// Threads per backward team (see above): the whole block up to CM = 16, else half of it.
+constexpr int bwd_team_threads(int cm) { return cm > 16 ? kFastThreads / 2 : kFastThreads; }
+
 enum StageMode : int { kStageVec16 = 0, kStageElem = 1, kStageSync = 2 };
 
 // Geometry the host computes once (see fast_geometry); strides are in elements of their region.
 struct FastGeo {
   int ntiles;      // ceil(n / kRJ)
-  int JG;          // tile groups: kFastThreads / c
+  int JG;          // tile groups: kFastThreads / c (backward: bwd_team_threads(CM) / c)
   int ld;          // state row stride (A), >= kP0 + 4 * ntiles + 1
   int ldu;         // staging row stride (T), >= 4 * ntiles
   int ldr;         // recurrent-gradient row stride (A), >= 4 * ntiles (backward)
@@ -243,21 +253,31 @@ __global__ void __launch_bounds__(kFastThreads, 1) wave_fwd_fast_kernel(const Fw
 
 // ------------------------------------------------------------------ backward
 
+// The weight-gradient accumulators: `shared` (the split teams' common array) or `own`.
+template <bool kShare, typename X, typename Y>
+__device__ __forceinline__ X& team_regs(X& shared, Y& own) {
+  if constexpr (kShare) return shared;
+  else return own;
+}
+
 // Step s = 0 .. T - 1 handles t = T - 1 - s. Input entry e holds gH[T - 1 - e] (e < T) and
 // Hin[e] = H[T - 1 - e] (e < T) or h0 (e = T); step s reads entries s (gH_t, h_t) and s + 1
-// (h_{t-1}). Per step:
-//   A(s) owners: delta_t = (gH_t + r) * act'(h_t) (masked to 0 past the ring) -> D rows;
-//        h_{t-1} -> Hp rows.                                        barrier
-//   B(s) owners: r for t - 1 = transposed conv of D (flipped taps), or grad_h0 at t = 0;
-//        gW[o] += delta_t[o] x windows of Hp; all: grad_u[t] from D rows.
+// (h_{t-1}). Per step (tr: the transpose team, wg: the weight team; one and the same below CM = 32):
+//   A(s) tr: delta_t = (gH_t + r) * act'(h_t) (masked to 0 past the ring) -> D rows;
+//        wg: h_{t-1} -> Hp rows.                                    barrier
+//   B(s) wg: gW[o] += delta_t[o] x windows of Hp; tr: r for t - 1 = transposed conv of D
+//        (flipped taps), or grad_h0 at t = 0; all: grad_u[t] from D rows.
 // D and Hp are double-buffered by the parity of t: A(s + 1) writes the other pair while slower
-// threads may still be in B(s); A(s + 2) rewrites this pair after barrier s + 1. r is owner-only.
+// threads may still be in B(s); A(s + 2) rewrites this pair after barrier s + 1. r is read and
+// written only by its transpose-team owner, so it needs no barrier.
 //
 // Shared memory: D 2 * c * ld | Hp 2 * c * ld | r c * ldr (A) | kStages slots of 2 * c * ldu (T);
 // at the end, the weight-gradient scratch JG * (c * c * 3 + c) (A) over all of it.
 template <typename T, int CM>
 __global__ void __launch_bounds__(kFastThreads, 1) wave_bwd_fast_kernel(const BwdParams<T> P, const FastGeo G) {
   using A = acc_t<T>;
+  constexpr int kTeam = bwd_team_threads(CM);
+  constexpr bool kSplit = kTeam < kFastThreads;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int tid = static_cast<int>(threadIdx.x);
   const int c = P.c, n = P.n, ld = G.ld, ldu = G.ldu, ldr = G.ldr, ntiles = G.ntiles, JG = G.JG;
@@ -267,8 +287,11 @@ __global__ void __launch_bounds__(kFastThreads, 1) wave_bwd_fast_kernel(const Bw
   A* const Hbuf = Dbuf + 2 * rows;
   A* const rg = Hbuf + 2 * rows;
   T* const ring = reinterpret_cast<T*>(smem_raw + G.state_bytes);  // slot e: gH rows | H rows
-  const int o = tid % c, jg = tid / c;
+  const int lt = tid % kTeam;  // index within the team; warp-aligned teams keep warps on one path
+  const int o = lt % c, jg = lt / c;
   const bool active = jg < JG;
+  const bool tr = active && (!kSplit || tid < kTeam);
+  const bool wg = active && (!kSplit || tid >= kTeam);
   const Act act = P.act;
 
   {
@@ -288,13 +311,16 @@ __global__ void __launch_bounds__(kFastThreads, 1) wave_bwd_fast_kernel(const Bw
     cp_async_commit();
   }
   // wt: flipped taps of W[:, o, :] (this thread as input channel o); gw: gW[o, :, :] partial.
-  A wt[CM * 3], gw[CM * 3];
+  // Split teams share one array: the weight team's wt is all zeros, i.e. a zeroed gw.
+  A wt[CM * 3];
+  A gw_own[kSplit ? 1 : CM * 3];
+  A(&gw)[CM * 3] = team_regs<kSplit>(wt, gw_own);
   A gb = A(0);
 #pragma unroll
   for (int q = 0; q < CM * 3; ++q) {
     const int o2 = q / 3, kk = q - o2 * 3;
-    wt[q] = (active && o2 < c) ? P.W[(o2 * c + o) * 3 + (2 - kk)] : A(0);
-    gw[q] = A(0);
+    wt[q] = (tr && o2 < c) ? P.W[(o2 * c + o) * 3 + (2 - kk)] : A(0);
+    if constexpr (!kSplit) gw[q] = A(0);
   }
   cp_async_wait<kStages - 3>();  // entries 0 and 1 (own copies)
   __syncthreads();
@@ -307,29 +333,36 @@ __global__ void __launch_bounds__(kFastThreads, 1) wave_bwd_fast_kernel(const Bw
     cp_async_commit();
     const T* const cur = ring + (s % kStages) * 2 * slot + o * ldu;           // gH_t | + slot: h_t
     const T* const prv = ring + ((s + 1) % kStages) * 2 * slot + slot + o * ldu;  // h_{t-1}
-    if (active) {
+    if (tr) {
       for (int jt = jg; jt < ntiles; jt += JG) {
         const int j0 = jt * kRJ;
         const V4<T> gv = *reinterpret_cast<const V4<T>*>(cur + j0);
         const V4<T> hv = *reinterpret_cast<const V4<T>*>(cur + slot + j0);
-        const V4<T> pv = *reinterpret_cast<const V4<T>*>(prv + j0);
         V4<A> rv{};
         if (s > 0) rv = *reinterpret_cast<const V4<A>*>(rg + o * ldr + j0);
-        A d[4], hp[4];
+        A d[4];
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
           A g = static_cast<A>(gv.v[r]);
           if (s > 0) g += rv.v[r];
           d[r] = j0 + r < n ? g * activation_grad(act, static_cast<A>(hv.v[r])) : A(0);
-          hp[r] = static_cast<A>(pv.v[r]);
         }
         store_tile(D + o * ld, j0, n, d);
+      }
+    }
+    if (wg) {
+      for (int jt = jg; jt < ntiles; jt += JG) {
+        const int j0 = jt * kRJ;
+        const V4<T> pv = *reinterpret_cast<const V4<T>*>(prv + j0);
+        A hp[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) hp[r] = static_cast<A>(pv.v[r]);
         store_tile(Hp + o * ld, j0, n, hp);
       }
     }
     cp_async_wait<kStages - 3>();  // entry s + 2 (own copies), published by the barrier
     __syncthreads();
-    if (active) {
+    if (wg) {
       for (int jt = jg; jt < ntiles; jt += JG) {
         const int j0 = jt * kRJ;
         const V4<A> dv = *reinterpret_cast<const V4<A>*>(D + o * ld + kP0 + j0);
@@ -348,6 +381,11 @@ __global__ void __launch_bounds__(kFastThreads, 1) wave_bwd_fast_kernel(const Bw
               for (int r = 0; r < 4; ++r) gw[3 * i + k] = fma(d[r], win[r + k], gw[3 * i + k]);
           }
         }
+      }
+    }
+    if (tr) {
+      for (int jt = jg; jt < ntiles; jt += JG) {
+        const int j0 = jt * kRJ;
         A acc[4] = {A(0), A(0), A(0), A(0)};
         conv_tile<CM>(wt, D, ld, c, j0, acc);
         if (t > 0) {
@@ -371,7 +409,7 @@ __global__ void __launch_bounds__(kFastThreads, 1) wave_bwd_fast_kernel(const Bw
   // state regions) added in group order, so the batch sum has B rows and no atomics anywhere.
   const int nw = c * c * 3;
   A* const scratch = reinterpret_cast<A*>(smem_raw);
-  if (active) {
+  if (wg) {
     A* const row = scratch + jg * (nw + c);
 #pragma unroll
     for (int q = 0; q < CM * 3; ++q)

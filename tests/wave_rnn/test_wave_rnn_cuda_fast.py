@@ -2,8 +2,9 @@
 kernels (PHASOR_WAVE_CUDA_KERNEL=block), the CPU op and the float64 reference.
 
 The fast kernels apply to the plain op with f = 3: forward for c <= 32 (c <= 16 in float64),
-backward for c <= 16 (c <= 8 in float64); other shapes fall back to the block kernels, so every
-case here is valid either way. The index math is also emulated on the host
+backward for c <= 32 (c <= 8 in float64; above c = 16 as two thread teams); other shapes, and
+those whose shared memory exceeds the device's, fall back to the block kernels, so every case here
+is valid either way. The index math is also emulated on the host
 (tests/wave_rnn/test_wave_rnn_cuda_fast_emulation.py).
 
 float32 gradients with relu are compared in float64 or with tanh/identity: two float32 runs that
@@ -62,10 +63,13 @@ def assert_all_close(got, want, dtype, what):
 
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-# (T, B, c, n): the benchmark's layer, c = 1/3/16/32, odd and tiny rings, T = 1, several tiles per
-# thread (c = 16, n = 256: 4 tiles; c = 1, n = 1030: 258 tiles over 256 threads)
+# (T, B, c, n): the benchmark's layer, c = 1/3/16/24/32, odd and tiny rings, T = 1, several tiles per
+# thread (c = 16, n = 256: 4 tiles; c = 1, n = 1030: 258 tiles over 256 threads; the two-team
+# backward at c = 24, n = 65: 17 tiles over 5 groups; c = 32, n = 100: 25 tiles over 4 groups,
+# 192 KB of shared memory in float32, fast on H100/H200)
 SHAPES = [(9, 3, 16, 64), (7, 2, 1, 5), (6, 2, 3, 7), (5, 2, 16, 65), (4, 2, 32, 64), (3, 2, 32, 65),
-          (1, 3, 16, 64), (1, 1, 3, 5), (4, 1, 16, 256), (3, 2, 1, 1030), (5, 2, 5, 1), (4, 2, 4, 2)]
+          (1, 3, 16, 64), (1, 1, 3, 5), (4, 1, 16, 256), (3, 2, 1, 1030), (5, 2, 5, 1), (4, 2, 4, 2),
+          (5, 2, 24, 65), (3, 2, 24, 8), (3, 1, 32, 100), (2, 2, 17, 6)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -96,7 +100,8 @@ def test_fast_backward_matches_truth(shape, act, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(9, 3, 16, 64), (6, 2, 3, 7), (5, 2, 16, 65), (4, 2, 32, 64), (3, 2, 1, 1030)])
+@pytest.mark.parametrize("shape", [(9, 3, 16, 64), (6, 2, 3, 7), (5, 2, 16, 65), (4, 2, 32, 64), (3, 2, 1, 1030),
+                                   (5, 2, 24, 65), (3, 2, 32, 65)])
 def test_fast_backward_matches_block(shape, dtype, monkeypatch):
     d = inputs(shape, dtype)
     for act in ("tanh", "identity") if dtype != torch.float64 else ("relu", "tanh", "identity"):
@@ -106,11 +111,13 @@ def test_fast_backward_matches_block(shape, dtype, monkeypatch):
             assert_all_close(fast, block, dtype, f"{act}, return_all={return_all}")
 
 
+@pytest.mark.parametrize("c", [16, 24, 32])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fast_matches_cpu_and_repeats_bitwise(dtype, monkeypatch):
+def test_fast_matches_cpu_and_repeats_bitwise(dtype, c, monkeypatch):
     """The CPU op, two fast runs (identical bits: tile-group partials added in group order in the
-    block, samples in batch order, no atomics), without h0 (zeros)."""
-    d = inputs((11, 5, 16, 64), dtype)
+    block, samples in batch order, no atomics), without h0 (zeros); c = 24 and 32 run the two-team
+    backward (float32) or the block backward (float64)."""
+    d = inputs((11, 5, c, 64), dtype)
     act = "relu" if dtype == torch.float64 else "tanh"
     a = run(monkeypatch, "auto", d, act, h0=False)
     b = run(monkeypatch, "auto", d, act, h0=False)

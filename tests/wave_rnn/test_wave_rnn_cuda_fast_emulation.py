@@ -7,7 +7,8 @@ the CPU suite), or .venv/bin/python tests/wave_rnn/test_wave_rnn_cuda_fast_emula
 It replays the kernels thread by thread on flat "shared memory" arrays with the same offsets as the
 CUDA code (geometry as plan_fast in wave_rnn_cuda.cu, padded rows with kP0 = 4, tiles of 4
 positions, thread (o = tid % c, jg = tid / c), the kStages-deep input ring filled by cp.async with
-its commit / wait_group counting), and checks:
+its commit / wait_group counting; the backward at c > 16 as two teams of 128 threads, the transpose
+team (delta, r, grad_h0) and the weight team (h_{t-1} rows, gW, grad_bias)), and checks:
   - every barrier interval is race-free: no location written by two threads, none read by one
     thread and written by another (an in-flight cp.async counts as a write from its issue until the
     barrier after the wait that completes it), and no read of a slot whose copy has not landed;
@@ -25,6 +26,19 @@ import torch
 P0, RJ, STAGES, NT = 4, 4, 5, 256
 
 
+def team_threads(c, backward):
+    """bwd_team_threads(CM): the backward at c > 16 runs CM = 32, split into two teams."""
+    return NT // 2 if backward and c > 16 else NT
+
+
+def roles(tid, c, JG, team):
+    """(o, jg, transpose-team, weight-team) of thread tid, as the backward kernel derives them."""
+    lt = tid % team
+    o, jg = lt % c, lt // c
+    active = jg < JG
+    return o, jg, active and (team == NT or tid < team), active and (team == NT or tid >= team)
+
+
 def odd_multiple(lo, unit):
     x = -(-lo // unit)
     if x % 2 == 0:
@@ -35,7 +49,7 @@ def odd_multiple(lo, unit):
 def plan(c, n, sa, st, backward):
     """Geometry as plan_fast (sa = sizeof(A), st = sizeof(T))."""
     ntiles = -(-n // RJ)
-    return dict(ntiles=ntiles, JG=NT // c, ld=odd_multiple(P0 + RJ * ntiles + 1, 16 // sa),
+    return dict(ntiles=ntiles, JG=team_threads(c, backward) // c, ld=odd_multiple(P0 + RJ * ntiles + 1, 16 // sa),
                 ldu=odd_multiple(RJ * ntiles, 16 // st), ldr=odd_multiple(RJ * ntiles, 16 // sa), sa=sa, st=st)
 
 
@@ -222,6 +236,7 @@ def emulate_backward(gH, H, h0, W, act, sa=4, st=4):
     T, B, c, n = H.shape
     g = plan(c, n, sa, st, True)
     ld, ldu, ldr, ntiles, JG = g["ld"], g["ldu"], g["ldr"], g["ntiles"], g["JG"]
+    team = team_threads(c, True)
     rows, slot = c * ld, c * ldu
     grad_u = np.zeros((T, B, c, n))
     grad_h0 = np.zeros((B, c, n))
@@ -257,54 +272,58 @@ def emulate_backward(gH, H, h0, W, act, sa=4, st=4):
                 stage(s + STAGES - 1, tid, committed)
             committed += 1
             for tid in range(NT):
-                o, jg = tid % c, tid // c
-                if jg < JG:
-                    for jt in range(jg, ntiles, JG):
-                        j0 = jt * RJ
-                        cb = (s % STAGES) * 2 * slot + o * ldu + j0
-                        pb = ((s + 1) % STAGES) * 2 * slot + slot + o * ldu + j0
-                        for x in (cb, cb + slot, pb):
-                            aligned(x, st)
-                        gv = [sm.read(tid, "ring", cb + r) for r in range(4)]
-                        hv = [sm.read(tid, "ring", cb + slot + r) for r in range(4)]
-                        pv = [sm.read(tid, "ring", pb + r) for r in range(4)]
-                        rv = [0.0] * 4
-                        if s > 0:
-                            aligned(o * ldr + j0, sa)
-                            rv = [sm.read(tid, "rg", o * ldr + j0 + r) for r in range(4)]
-                        d = [(gv[r] + rv[r]) * DACTS[act](hv[r]) if j0 + r < n else 0.0 for r in range(4)]
-                        store_tile(sm, tid, "D", D + o * ld, j0, n, d)
-                        store_tile(sm, tid, "Hp", Hp + o * ld, j0, n, pv)
+                o, jg, tr, wg = roles(tid, c, JG, team)
+                for jt in range(jg, ntiles, JG) if tr else ():
+                    j0 = jt * RJ
+                    cb = (s % STAGES) * 2 * slot + o * ldu + j0
+                    for x in (cb, cb + slot):
+                        aligned(x, st)
+                    gv = [sm.read(tid, "ring", cb + r) for r in range(4)]
+                    hv = [sm.read(tid, "ring", cb + slot + r) for r in range(4)]
+                    rv = [0.0] * 4
+                    if s > 0:
+                        aligned(o * ldr + j0, sa)
+                        rv = [sm.read(tid, "rg", o * ldr + j0 + r) for r in range(4)]
+                    d = [(gv[r] + rv[r]) * DACTS[act](hv[r]) if j0 + r < n else 0.0 for r in range(4)]
+                    store_tile(sm, tid, "D", D + o * ld, j0, n, d)
+                for jt in range(jg, ntiles, JG) if wg else ():
+                    j0 = jt * RJ
+                    pb = ((s + 1) % STAGES) * 2 * slot + slot + o * ldu + j0
+                    aligned(pb, st)
+                    pv = [sm.read(tid, "ring", pb + r) for r in range(4)]
+                    store_tile(sm, tid, "Hp", Hp + o * ld, j0, n, pv)
                 sm.wait_group(tid, committed, STAGES - 3)
             sm.barrier()
             for tid in range(NT):
-                o, jg = tid % c, tid // c
-                if jg < JG:
-                    for jt in range(jg, ntiles, JG):
-                        j0 = jt * RJ
-                        aligned(D + o * ld + P0 + j0, sa)
-                        dv = [sm.read(tid, "D", D + o * ld + P0 + j0 + r) for r in range(4)]
-                        d = [dv[r] if j0 + r < n else 0.0 for r in range(4)]
-                        gb[tid] += sum(d)
-                        for i in range(c):
-                            win = load_window(sm, g, tid, "Hp", Hp + i * ld, j0)
-                            for k in range(3):
-                                for r in range(4):
-                                    gw[tid, i, k] += d[r] * win[r + k]
-                        acc = [0.0] * 4
-                        for o2 in range(c):
-                            win = load_window(sm, g, tid, "D", D + o2 * ld, j0)
-                            for kk in range(3):
-                                for r in range(4):
-                                    acc[r] += W[o2, o, 2 - kk] * win[r + kk]
-                        if t > 0:
+                o, jg, tr, wg = roles(tid, c, JG, team)
+                for jt in range(jg, ntiles, JG) if wg else ():
+                    j0 = jt * RJ
+                    aligned(D + o * ld + P0 + j0, sa)
+                    dv = [sm.read(tid, "D", D + o * ld + P0 + j0 + r) for r in range(4)]
+                    d = [dv[r] if j0 + r < n else 0.0 for r in range(4)]
+                    gb[tid] += sum(d)
+                    for i in range(c):
+                        win = load_window(sm, g, tid, "Hp", Hp + i * ld, j0)
+                        for k in range(3):
                             for r in range(4):
-                                sm.write(tid, "rg", o * ldr + j0 + r, acc[r])
-                        else:
+                                gw[tid, i, k] += d[r] * win[r + k]
+                for jt in range(jg, ntiles, JG) if tr else ():
+                    j0 = jt * RJ
+                    acc = [0.0] * 4
+                    for o2 in range(c):
+                        win = load_window(sm, g, tid, "D", D + o2 * ld, j0)
+                        for kk in range(3):
                             for r in range(4):
-                                if j0 + r < n:
-                                    grad_h0[b, o, j0 + r] = acc[r]
-                                    produced_h0[b, o, j0 + r] += 1
+                                acc[r] += W[o2, o, 2 - kk] * win[r + kk]
+                    if t > 0:
+                        aligned(o * ldr + j0, sa)
+                        for r in range(4):
+                            sm.write(tid, "rg", o * ldr + j0 + r, acc[r])
+                    else:
+                        for r in range(4):
+                            if j0 + r < n:
+                                grad_h0[b, o, j0 + r] = acc[r]
+                                produced_h0[b, o, j0 + r] += 1
                 write_rows(sm, g, "D", D, c, n, tid, grad_u[t, b].reshape(-1), produced_u[t, b].reshape(-1))
             # no barrier: B(s) and A(s + 1) share an interval (checked by the tracker)
         for tid in range(NT):
@@ -314,8 +333,9 @@ def emulate_backward(gH, H, h0, W, act, sa=4, st=4):
         # the block's scratch [JG][nw + c] over the state regions, summed in group order
         scratch = np.full((JG, nw + c), np.nan)
         for tid in range(NT):
-            o, jg = tid % c, tid // c
-            if jg < JG:
+            o, jg, _, wg = roles(tid, c, JG, team)
+            if wg:
+                assert np.isnan(scratch[jg, nw + o]), "two weight-team threads own one scratch row"
                 scratch[jg, o * c * 3:(o + 1) * c * 3] = gw[tid].ravel()
                 scratch[jg, nw + o] = gb[tid]
         assert not np.isnan(scratch).any(), "a scratch column was never written"
@@ -334,6 +354,8 @@ CASES = [  # (T, B, c, n, act)
     (3, 2, 3, 5, "relu"), (2, 1, 1, 1, "tanh"), (2, 1, 2, 2, "identity"), (4, 1, 3, 7, "tanh"),
     (2, 1, 16, 64, "relu"), (2, 1, 4, 65, "tanh"), (7, 2, 5, 8, "relu"), (1, 1, 32, 9, "identity"),
     (2, 1, 1, 1030, "tanh"),  # several tiles per thread
+    # backward split into two teams (c > 16): JG = 5 / 4 / 7, partial tiles, several tiles per thread
+    (3, 2, 24, 65, "tanh"), (2, 1, 32, 64, "relu"), (2, 1, 17, 6, "identity"),
 ]
 
 
@@ -365,6 +387,8 @@ def test_geometry_of_the_benchmark_shape():
     assert smem_bytes(g, 16, False) == 31488  # 31 KB: no opt-in needed
     gb = plan(16, 64, 4, 4, True)
     assert gb["ldr"] == 68 and smem_bytes(gb, 16, True) == 67328  # 66 KB; scratch 16 x 784 x 4 = 50 KB fits in it
+    g32 = plan(32, 64, 4, 4, True)  # two teams of 4 tile groups
+    assert g32["JG"] == 4 and smem_bytes(g32, 32, True) == 134656  # 132 KB; scratch 4 x 3104 x 4 = 49664 B
 
 
 def test_emulated_kernels_match_the_reference():
