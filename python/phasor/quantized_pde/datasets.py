@@ -10,12 +10,15 @@ import os
 
 import torch
 
-from . import pde_data
+from . import diffusion_sorption, pde_data, shallow_water
 
 GENERATORS = {
     "burgers1d": lambda n_traj, seed, **kw: pde_data.generate_burgers(n_traj, seed=seed, **kw)[:2],
     "ks1d": lambda n_traj, seed, **kw: pde_data.generate_ks(n_traj, seed=seed, **kw)[:2],
     "ns2d": lambda n_traj, seed, **kw: pde_data.generate_ns2d(n_traj, seed=seed, **kw)[:2],
+    "diffusion_sorption1d": lambda n_traj, seed, **kw: diffusion_sorption.generate_diffusion_sorption(
+        n_traj, seed=seed, **kw),
+    "shallow_water2d": lambda n_traj, seed, **kw: shallow_water.generate_shallow_water(n_traj, seed=seed, **kw),
 }
 
 try:
