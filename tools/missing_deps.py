@@ -43,7 +43,7 @@ def main() -> None:
             need.append("ninja")
         modules = [("scikit_build_core", "scikit-build-core>=0.10"), ("pybind11", "pybind11>=2.12"), ("pytest", "pytest")]
     else:
-        modules = [("numpy", "numpy"), ("sklearn", "scikit-learn"), ("matplotlib", "matplotlib"), ("tqdm", "tqdm")]
+        modules = [("numpy", "numpy"), ("sklearn", "scikit-learn"), ("matplotlib", "matplotlib"), ("tqdm", "tqdm"), ("h5py", "h5py")]
     need += [req for module, req in modules if not have(module)]
     sys.stdout.write(" ".join(need))
 
