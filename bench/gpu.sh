@@ -11,7 +11,8 @@
 # keep going after failures and each op's benchmark runs in its own process.
 #
 # STAGES (comma-separated, default build,test,benchquick,bench):
-#   build       make build with PHASOR_CUDA=ON (architectures: TORCH_CUDA_ARCH_LIST, default 9.0a)
+#   build       make build with PHASOR_CUDA=ON (architectures: TORCH_CUDA_ARCH_LIST, default 9.0a;
+#               at most GPU_BUILD_S seconds, default 400)
 #   test        pytest -m cuda (every CUDA test, 8 workers when xdist is there) + tests/test_build.py
 #   benchquick  every CUDA bench case without the torch.compile impl (its Triton compile is slow)
 #   bench       every CUDA bench case with every impl; its records replace benchquick's
@@ -57,7 +58,7 @@ say "# gpu.sh $(date -u +%FT%TZ) stages=${STAGES:1:-1} budget=${BUDGET_S}s"
 
 if stage build; then
   t0=$(date +%s)
-  if ! within 400 make build > "$OUT/build.log" 2>&1; then
+  if ! within "${GPU_BUILD_S:-400}" make build > "$OUT/build.log" 2>&1; then
     say "BUILD FAILED or timed out after $(( $(date +%s) - t0 ))s"; tail -60 "$OUT/build.log" | tee -a "$SUMMARY"; exit 1
   fi
   say "build: $(( $(date +%s) - t0 ))s"
