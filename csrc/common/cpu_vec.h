@@ -9,6 +9,10 @@
 #include <cstring>
 #include <type_traits>
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 namespace phasor::cpu_vec {
 namespace {
 
@@ -69,6 +73,36 @@ inline void keep_in_register(Vec<T>& v) {
 #endif
 }
 
+// Store that bypasses the caches (p must be aligned to the vector width), for large outputs written
+// once: a plain store first reads the line (read-for-ownership) and evicts input the next pass
+// still wants. Call stream_fence() before the written data is handed to another thread.
+template <typename T>
+inline void stream_store(T* p, Vec<T> v) {
+#if defined(__AVX512F__)
+  if constexpr (kVecBytes == 64 && sizeof(T) == 4) return _mm512_stream_ps(reinterpret_cast<float*>(p), (__m512)v);
+  if constexpr (kVecBytes == 64 && sizeof(T) == 8) return _mm512_stream_pd(reinterpret_cast<double*>(p), (__m512d)v);
+#endif
+#if defined(__AVX__)
+  if constexpr (kVecBytes == 32 && sizeof(T) == 4) return _mm256_stream_ps(reinterpret_cast<float*>(p), (__m256)v);
+  if constexpr (kVecBytes == 32 && sizeof(T) == 8) return _mm256_stream_pd(reinterpret_cast<double*>(p), (__m256d)v);
+#endif
+  storeu(p, v);
+}
+// Streams len elements from an L1-resident staging row to dst (dst aligned, len a multiple of the
+// lanes: see can_stream).
+template <typename T>
+inline void stream_copy(T* dst, const T* src, int64_t len) {
+  for (int64_t j = 0; j < len; j += kLanes<T>) stream_store(dst + j, loadu(src + j));
+}
+template <typename T>
+inline bool can_stream(const T* dst, int64_t len) {
+  return len % kLanes<T> == 0 && reinterpret_cast<uintptr_t>(dst) % kVecBytes == 0;
+}
+inline void stream_fence() {
+#if defined(__AVX__)
+  _mm_sfence();
+#endif
+}
 template <typename T>
 inline double hsum(Vec<T> v) {
   double s = 0;

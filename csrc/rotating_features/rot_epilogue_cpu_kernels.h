@@ -12,6 +12,7 @@
 // are combined in a fixed order, so results do not depend on the thread count.
 #include "rotating_features/rot_epilogue_args.h"
 #include "rotating_features/rot_epilogue_cpu_entry.h"
+#include "common/cpu_vec.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -92,15 +93,20 @@ inline T vmax(T a, T b) { return a < b ? b : a; }
 
 // out_k = (psi_k + b_k) * f, f = mhat / rho.
 template <typename T, bool LIFT, bool BVEC>
-inline void write_out(const Tile<T>& t, int64_t n, const T* f, T* out, int64_t oks) {
+inline void write_out(const Tile<T>& t, int64_t n, const T* f, T* out, int64_t oks, bool stream = false) {
+  alignas(64) T staged[kTile];
   for (int64_t k = 0; k < n; ++k) {
     const T* pk = t.psi + k * t.ks;
-    T* ok = out + k * oks;
+    T* ok_out = out + k * oks;
+    // streamed rows are staged in L1 first, so both paths run the same loop (same bits)
+    const bool st = stream && phasor::cpu_vec::can_stream(ok_out, t.len);
+    T* ok = st ? staged : ok_out;
 #pragma omp simd
     for (int64_t j = 0; j < t.len; ++j) {
       const T x = (LIFT && k > 0) ? T(0) : pk[j];
       ok[j] = (x + bias_at<BVEC>(t.bias, t.bk, k, j)) * f[j];
     }
+    if (st) phasor::cpu_vec::stream_copy(ok_out, staged, t.len);
   }
 }
 
@@ -141,10 +147,11 @@ inline void site_grad_coeffs(int64_t len, const T* a, const T* ysq, const T* gy,
 struct BnPlan {
   int64_t B, n, C, S, npsi;  // npsi: rotation dims stored in psi (1 in lift mode)
   int64_t grain;
+  bool stream;  // write the [B, n, C, S] output with streaming stores (use_streaming_stores)
 };
 
 inline BnPlan bn_plan(const Geometry& g) {
-  BnPlan p{g.B, g.n, g.C, g.S, g.lift ? 1 : g.n, 1};
+  BnPlan p{g.B, g.n, g.C, g.S, g.lift ? 1 : g.n, 1, false};
   p.grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, g.S * g.n));
   return p;
 }
@@ -242,7 +249,7 @@ inline void plane_apply(const BnPlan& p, const T* psi, const T* chi, const T* rb
       mag_pl[s0 + j] = mh;
       f[j] = mh / vmax(std::sqrt(ysq[j]), T(kNormalizeEps));
     }
-    write_out<T, LIFT, false>(t, p.n, f, out_pl + s0, p.C * p.S);
+    write_out<T, LIFT, false>(t, p.n, f, out_pl + s0, p.C * p.S, p.stream);
   }
 }
 
@@ -253,11 +260,14 @@ void bn_forward(const BnPlan& p, bool training, const T* psi, const T* chi, cons
   std::vector<double> pm(training ? p.B * p.C : 0), pm2(training ? p.B * p.C : 0);
   const bool by_channel = channel_major(p);
   auto stats_planes = [&](int64_t lo, int64_t hi, int64_t step, T* a, T* ysq, T* m) {
-    for (int64_t pl = lo; pl < hi; pl += step) plane_moments<T, LIFT>(p, psi, chi, rbias, pl, a, ysq, m, pm[pl], pm2[pl]);
+    for (int64_t pl = lo; pl < hi; pl += step) {
+      plane_moments<T, LIFT>(p, psi, chi, rbias, pl, a, ysq, m, pm[pl], pm2[pl]);
+    }
   };
   auto apply_planes = [&](int64_t lo, int64_t hi, int64_t step, T* a, T* ysq, T* m, T* f) {
-    for (int64_t pl = lo; pl < hi; pl += step)
+    for (int64_t pl = lo; pl < hi; pl += step) {
       plane_apply<T, LIFT>(p, psi, chi, rbias, weight, bias, mean, var, eps, pl, out, mag, a, ysq, m, f);
+    }
   };
   if (training && !by_channel) {  // plane-parallel: a pass, the channel statistics, another pass
     for_each_channel_or_planes(p, false, [&](int64_t, int64_t lo, int64_t hi) {
@@ -268,13 +278,17 @@ void bn_forward(const BnPlan& p, bool training, const T* psi, const T* chi, cons
   }
   for_each_channel_or_planes(p, by_channel, [&](int64_t c, int64_t lo, int64_t hi) {
     T a[kTile], ysq[kTile], m[kTile], f[kTile];
-    if (c < 0) return apply_planes(lo, hi, 1, a, ysq, m, f);
+    if (c < 0) {
+      apply_planes(lo, hi, 1, a, ysq, m, f);
+      return phasor::cpu_vec::stream_fence();
+    }
     // channel c's planes are c, c + C, ..., (B - 1) * C + c
     if (training) {
       stats_planes(c, p.B * p.C, p.C, a, ysq, m);
       channel_stats(p, pm.data(), pm2.data(), c, mean, var);
     }
     apply_planes(c, p.B * p.C, p.C, a, ysq, m, f);
+    phasor::cpu_vec::stream_fence();
   });
 }
 
@@ -298,7 +312,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_bn_fwd_cpu(
   const Geometry& g = A.g;
   auto &psi = A.psi, &chi = A.chi, &rot_bias = A.rot_bias, &weight = A.weight, &bias = A.bias;
   auto &out = A.out, &mag = A.mag, &mean = A.mean, &var = A.var;
-  const BnPlan p = bn_plan(g);
+  BnPlan p = bn_plan(g);
+  p.stream = use_streaming_stores(psi.nbytes() + out.nbytes() + 2 * mag.nbytes());
   AT_DISPATCH_FLOATING_TYPES(psi.scalar_type(), "rot_bn_fwd_cpu", [&] {
     const scalar_t* chi_p = g.lift ? nullptr : chi.const_data_ptr<scalar_t>();
     auto run = [&](auto lift_tag) {
@@ -391,7 +406,7 @@ inline void bwd_plane_pass2(const BnBwdArgs<T, LIFT>& A, int64_t pl, const Plane
   const int64_t b = pl / p.C, c = pl % p.C;
   const T invstd = T(1.0 / std::sqrt(double(A.var[c]) + A.eps));
   const T wi = A.weight[c] * invstd;
-  T ga[kTile], gm[kTile];
+  alignas(64) T ga[kTile], gm[kTile], staged[kTile];
   std::fill(rb, rb + p.n, 0.0);
   for (int64_t s0 = 0; s0 < p.S; s0 += kTile) {
     const int64_t len = std::min(kTile, p.S - s0);
@@ -413,7 +428,10 @@ inline void bwd_plane_pass2(const BnBwdArgs<T, LIFT>& A, int64_t pl, const Plane
         for (int64_t j = 0; j < len; ++j) acc += al[j] * Gk[j] + be[j] * bk;
       } else {
         const T* pk = psi_pl + k * p.C * p.S;
-        T* gk = g_psi + (b * p.npsi * p.C + c) * p.S + k * p.C * p.S + s0;
+        T* gk_out = g_psi + (b * p.npsi * p.C + c) * p.S + k * p.C * p.S + s0;
+        // streamed rows are staged in L1 first, so both paths run the same loop (same bits)
+        const bool stream = A.p.stream && phasor::cpu_vec::can_stream(gk_out, len);
+        T* gk = stream ? staged : gk_out;
 #pragma omp simd reduction(+ : acc)
         for (int64_t j = 0; j < len; ++j) {
           const T gyk = al[j] * Gk[j] + be[j] * (pk[j] + bk);
@@ -421,6 +439,7 @@ inline void bwd_plane_pass2(const BnBwdArgs<T, LIFT>& A, int64_t pl, const Plane
           // Lift: psi_0 and chi are the same tensor W(x), so their gradients add up.
           gk[j] = gyk + ga[j] * pk[j] + (LIFT ? T(0.5) * gm[j] : T(0));
         }
+        if (stream) phasor::cpu_vec::stream_copy(gk_out, staged, len);
       }
       rb[k] += acc;
     }
@@ -477,6 +496,7 @@ void bn_backward(const BnBwdArgs<T, LIFT>& A, bool training, T* g_psi, T* g_chi,
         channel_sums(c);
         for (int64_t b = 0; b < p.B; ++b) pass2(b * p.C + c, fields_at(site.get(), stride, b * p.S), rb);
       }
+      phasor::cpu_vec::stream_fence();
     });
   } else {
     const int64_t stride = nplanes * p.S;
@@ -489,6 +509,7 @@ void bn_backward(const BnBwdArgs<T, LIFT>& A, bool training, T* g_psi, T* g_chi,
     at::parallel_for(0, nplanes, p.grain, [&](int64_t lo, int64_t hi) {
       std::vector<double> rb(p.n);
       for (int64_t pl = lo; pl < hi; ++pl) pass2(pl, fields_at(site.get(), stride, pl * p.S), rb);
+      phasor::cpu_vec::stream_fence();
     });
   }
   for (int64_t k = 0; k < p.n; ++k)
@@ -513,7 +534,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rot_bn_bw
   auto &grad = R.grad, &gmag = R.gmag, &psi = R.psi, &chi = R.chi, &rot_bias = R.rot_bias;
   auto &weight = R.weight, &bias = R.bias, &mean = R.stat0, &var = R.stat1;
   auto &g_psi = R.g_psi, &g_chi = R.g_chi, &g_rbias = R.g_rbias, &g_weight = R.g_weight, &g_bias = R.g_bias;
-  const BnPlan p = bn_plan(g);
+  BnPlan p = bn_plan(g);
+  p.stream = use_streaming_stores(grad.nbytes() + psi.nbytes() + g_psi.nbytes() + 2 * (g_chi.defined() ? g_chi.nbytes() : 0));
   AT_DISPATCH_FLOATING_TYPES(psi.scalar_type(), "rot_bn_bwd_cpu", [&] {
     auto run = [&](auto lift_tag) {
       constexpr bool L = decltype(lift_tag)::value;

@@ -303,6 +303,27 @@ def test_bn_channel_major_and_plane_parallel_schedules_agree_bitwise(lift):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("lift", [False, True])
+@pytest.mark.parametrize("shape", [(3, 4, 5, 8, 8), (2, 3, 6, 32, 32), (3, 4, 5, 7, 9)])
+def test_bn_streaming_stores_give_the_same_bits(shape, lift, dtype, cpu_isa, monkeypatch):
+    """Large outputs are written with streaming stores (staged rows, common/cpu_memory.h); forcing them
+    on (aligned rows of whole vectors: 8x8, 32x32) or off must not change a bit of any output.
+    7x9 rows are never streamed: both settings take the plain path."""
+    d = bn_inputs(shape, lift, dtype=dtype)
+    g = torch.randn(shape[0], shape[1], *shape[2:], generator=torch.Generator().manual_seed(1), dtype=dtype)
+    results = []
+    for stream in ("1", "0"):
+        monkeypatch.setenv("PHASOR_CPU_STREAM_STORES", stream)
+        args = [t.clone() if isinstance(t, torch.Tensor) else t for t in bn_args(d, True)]
+        out = torch.ops.phasor.rot_bn_fwd(*args, 1e-5)
+        grads = torch.ops.phasor.rot_bn_bwd(g, out[1] * 0.2, args[0], args[1], args[2], args[3], args[4],
+                                            out[2], out[3], True, 1e-5)
+        results.append([t for t in (*out, *grads) if t is not None])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 # ---------------------------------------------------------------- CUDA-only paths
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
