@@ -6,6 +6,8 @@ float32 op's, instruction for instruction. Hence the op-level checks are exact: 
 result must equal the float32 op's result rounded to the storage dtype (0 ulps), and lse and the SE(3)
 gradients (float32 outputs) must be bit-identical.
 """
+import itertools
+
 import pytest
 import torch
 
@@ -22,6 +24,9 @@ CASES = {  # B, H, Nq, Nk, dims, Vq, Vk, key mask
     "odd-trivial": (2, 1, 7, 13, (12, 0, 0, 0), 1, 1, True),       # plain attention, d = 12
     "long-keys": (1, 2, 24, 520, (0, 48, 8, 40), 2, 2, True),      # d = 96, 64-byte AVX-512 build
 }
+
+# every storage dtype x case x v_transform (the op-level exact checks run this under each ISA build)
+EXACT_GRID = pytest.mark.parametrize("dtype,name,v_transform", list(itertools.product(LOW, CASES, (True, False))))
 
 
 def _low_and_f32(args, dtype):
@@ -42,9 +47,7 @@ def _assert_rounded(got, want32, what):
     torch.testing.assert_close(got, want32.to(got.dtype), rtol=0, atol=0, msg=lambda m: f"{what}\n{m}")
 
 
-@pytest.mark.parametrize("dtype", LOW)
-@pytest.mark.parametrize("name", list(CASES))
-@pytest.mark.parametrize("v_transform", [True, False])
+@EXACT_GRID
 def test_forward_is_rounded_float32(cpu_isa, dtype, name, v_transform):
     low, f32, dims, mask = _case(name, dtype)
     out, lse = torch.ops.phasor.gta_attention_fwd(*low, dims, mask, 0.3, v_transform)
@@ -58,9 +61,7 @@ def _bwd(go, args, out, lse, dims, mask, v_transform):
     return torch.ops.phasor.gta_attention_bwd(go, *args[:3], out, lse, *args[3:], dims, mask, 0.3, v_transform)
 
 
-@pytest.mark.parametrize("dtype", LOW)
-@pytest.mark.parametrize("name", list(CASES))
-@pytest.mark.parametrize("v_transform", [True, False])
+@EXACT_GRID
 def test_backward_is_rounded_float32(cpu_isa, dtype, name, v_transform):
     """The backward op on the same stored inputs (out, dO in dtype, lse float32) as the float32 op."""
     low, f32, dims, mask = _case(name, dtype)
