@@ -8,9 +8,11 @@
 namespace phasor::gta {
 namespace {
 
+// bf16/fp16 are storage dtypes: the kernels compute in float32 (geometry and lse are float32, as on CUDA).
 void check_cpu_dtype(const char* op, const at::Tensor& q) {
-  TORCH_CHECK_TYPE(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble, op,
-                   ": q must be float32 or float64 on CPU, got ", q.scalar_type());
+  const auto t = q.scalar_type();
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf, op,
+                   ": q must be float32, float64, bfloat16 or float16 on CPU, got ", t);
 }
 
 GeoTensors geo_of(const at::Tensor& q_se3, const at::Tensor& k_se3, const at::Tensor& q_so3, const at::Tensor& k_so3,

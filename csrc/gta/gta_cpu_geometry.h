@@ -98,17 +98,42 @@ inline TokenOp<T> k_op(const Dims& D, const Geo<T>& g, int64_t b, int64_t j, boo
   return {g.k_se3 + view * 16, g.k_so3 + view * 64, g.k_cs + (b * D.Nk + j) * D.so2, transpose, sign};
 }
 
-// K~ = P^-1 K and V~ = P^-1 V (or V itself) for every (batch, head, key token).
-template <typename T>
-void transform_kv(const Dims& D, const Geo<T>& g, const T* k, const T* v, bool v_transform, T* kt, T* vt) {
+// Storage dtype S (bf16/fp16) to and from the compute dtype T around apply_token, through a row buffer
+// (n <= kMaxHeadDim): the transforms then run the very code of the float32 path, so a bf16 result is
+// the float32 op's result on the same values, rounded once. When S is T there is no copy.
+template <typename T, typename S>
+inline const T* as_compute(const S* x, T* buf, int64_t n) {
+  if constexpr (std::is_same_v<S, T>) {
+    return x;
+  } else {
+    for (int64_t c = 0; c < n; ++c) buf[c] = T(x[c]);
+    return buf;
+  }
+}
+
+// y = mul * op(x) stored as S (safe in place when S is T).
+template <typename T, typename S>
+inline void apply_token_as(const Dims& D, const TokenOp<T>& op, T mul, const T* x, S* y, T* buf) {
+  if constexpr (std::is_same_v<S, T>) {
+    apply_token(D, op, mul, x, y);
+  } else {
+    apply_token(D, op, mul, x, buf);
+    for (int64_t c = 0; c < D.d; ++c) y[c] = S(buf[c]);
+  }
+}
+
+// K~ = P^-1 K and V~ = P^-1 V (or V itself) for every (batch, head, key token), from storage dtype S.
+template <typename T, typename S>
+void transform_kv(const Dims& D, const Geo<T>& g, const S* k, const S* v, bool v_transform, T* kt, T* vt) {
   const int64_t d = D.d;
   at::parallel_for(0, D.B * D.H * D.Nk, 256, [&](int64_t begin, int64_t end) {
+    T buf[kMaxHeadDim];
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / (D.H * D.Nk), j = r % D.Nk;
       const auto op = k_op(D, g, b, j, false, T(1));
-      apply_token(D, op, T(1), k + r * d, kt + r * d);
-      if (v_transform) apply_token(D, op, T(1), v + r * d, vt + r * d);
-      else for (int64_t c = 0; c < d; ++c) vt[r * d + c] = v[r * d + c];
+      apply_token(D, op, T(1), as_compute(k + r * d, buf, d), kt + r * d);
+      if (v_transform) apply_token(D, op, T(1), as_compute(v + r * d, buf, d), vt + r * d);
+      else for (int64_t c = 0; c < d; ++c) vt[r * d + c] = T(v[r * d + c]);
     }
   });
 }

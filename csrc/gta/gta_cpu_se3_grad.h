@@ -15,15 +15,16 @@ inline Double4 load4(const T* p) {
 // sum over heads, tokens of the view and 4-chunks of a[r] * b[c] (the 4x4 outer products of one site),
 // in double; acc[r] is row r. With b_map, b's chunks are first mapped by it (4 columns, b_map[c] is
 // column c): the o~ = P^-1 O of the output's SE(3) channels, recovered from O instead of recomputed.
-template <typename T>
-inline void add_outer4(const Dims& D, const T* a, const T* b, int64_t bb, int64_t N, int64_t t0, int64_t t1,
+// a and b may differ in dtype (a bf16 input against a float gradient).
+template <typename A, typename B>
+inline void add_outer4(const Dims& D, const A* a, const B* b, int64_t bb, int64_t N, int64_t t0, int64_t t1,
                        Double4* acc, const Double4* b_map = nullptr) {
   for (int64_t h = 0; h < D.H; ++h)
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t off = ((bb * D.H + h) * N + t) * D.d + D.triv;
       for (int64_t ch = 0; ch < D.se3; ch += 4) {
-        const T* ar = a + off + ch;
-        const T* br = b + off + ch;
+        const A* ar = a + off + ch;
+        const B* br = b + off + ch;
         Double4 bc = load4(br);
         if (b_map)
           bc = b_map[0] * double(br[0]) + b_map[1] * double(br[1]) + b_map[2] * double(br[2]) +

@@ -6,7 +6,10 @@ Impls: the fused op; `eager` = the official-style path (einsum transforms + mate
 reference.gta_attention_ref); `compile` = that path under torch.compile; `transforms+sdpa` = the same
 transforms around torch's scaled_dot_product_attention (the best library alternative: PRoPE / the DiT
 branch do this); `sdpa-no-geometry` = plain SDPA on untransformed q, k, v (the floor).
-CPU: float32. CUDA: bfloat16 q, k, v (float32 geometry), the fused op taking its tensor-core kernel, and
+CPU: float32; the `N1024_bf16_*` cases: bfloat16 q, k, v (float32 geometry) for the fused op (float32
+math inside), transforms+sdpa and sdpa-no-geometry, with `fused-float32` (the fused op on float32 copies)
+beside them, no eager/compile, and speedups against transforms+sdpa.
+CUDA: bfloat16 q, k, v (float32 geometry), the fused op taking its tensor-core kernel, and
 `sdpa-no-geometry` pinned to SDPA's flash backend (FlashAttention-2), the GPU target's reference; the
 check there compares against the float32 reference at bfloat16 tolerance. CUDA forward + backward cases
 also time `fused-atomic`: the fused op under PHASOR_GTA_CUDA_KERNEL=mma_atomic (the one-kernel atomic-dQ
@@ -75,9 +78,23 @@ def _inputs(device, N, H=6, B=1, V=2, dtype=torch.float32):
     return [q, k, v, *geo]
 
 
-def _gta_case(device, N, backward):
+def _float32_fused(args, leaves, cot, backward):
+    """The fused op on float32 copies of (bf16) args: the storage dtype's cost, side by side."""
+    args32 = [a.detach().float().requires_grad_(i < len(leaves) and backward) for i, a in enumerate(args)]
+    cot32 = cot.float()
+    if backward:
+        return lambda: torch.autograd.grad(ops.gta_attention(*args32, DIMS), args32[:len(leaves)], cot32)
+
+    def run():
+        with torch.no_grad():
+            return ops.gta_attention(*args32, DIMS)
+    return run
+
+
+def _gta_case(device, N, backward, dtype=None):
     cuda = device == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32
+    dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
+    low = dtype != torch.float32
     args = _inputs(device, N, dtype=dtype)
     fused = lambda *a: ops.gta_attention(*a, DIMS)  # noqa: E731
     eager = lambda *a: reference.gta_attention_ref(*a, DIMS)[0]  # noqa: E731
@@ -85,6 +102,8 @@ def _gta_case(device, N, backward):
     pre = lambda *a: transforms_sdpa(*a, DIMS)  # noqa: E731
     plain = sdpa_flash if cuda else (lambda q, k, v, *rest: F.scaled_dot_product_attention(q, k, v))  # noqa: E731
     impls = {"fused": fused, "eager": eager, "compile": comp, "transforms+sdpa": pre, "sdpa-no-geometry": plain}
+    if low and not cuda:  # the bf16 CPU case: storage-dtype alternatives only (eager bf16 is not one)
+        del impls["eager"], impls["compile"]
     leaves = args[:5]
     cot = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
     if backward:
@@ -102,6 +121,9 @@ def _gta_case(device, N, backward):
                     return f(*args)
             return run
         runners = {k: no_grad(f) for k, f in impls.items()}
+    if low and not cuda:
+        runners = {"fused": runners.pop("fused"), "fused-float32": _float32_fused(args, leaves, cot, backward),
+                   **runners}
 
     def check_bf16():
         """bfloat16 storage: fused and transforms+sdpa against the float32 reference on the same values."""
@@ -113,12 +135,12 @@ def _gta_case(device, N, backward):
         if not backward:
             return ok
         g1 = torch.autograd.grad(fused(*args), leaves, cot)
-        g3 = with_kernel(lambda: torch.autograd.grad(fused(*args), leaves, cot), "mma_atomic")()
+        g3 = with_kernel(lambda: torch.autograd.grad(fused(*args), leaves, cot), "mma_atomic")() if cuda else g1
         g2 = torch.autograd.grad(eager(*ref_args), ref_leaves, cot.float())
         return ok and all(scaled_close([g.float() for g in g], g2, 5e-2) for g in (g1, g3))
 
     def check():
-        if cuda:
+        if low:
             return check_bf16()
         with torch.no_grad():
             ok = outputs_close(fused(*args), eager(*args), rtol=1e-4, atol=1e-4) and \
@@ -129,10 +151,15 @@ def _gta_case(device, N, backward):
         g2 = torch.autograd.grad(eager(*args), leaves, cot)
         return ok and scaled_close(g1, g2, 1e-4)
     note = (f"B=1 H=6 N={N} d=64 split {DIMS}, 2 views; "
-            + ("bfloat16 (geometry float32), sdpa-no-geometry = flash backend" if cuda else "float32"))
-    return Case(runners, check, note=note)
+            + ("bfloat16 (geometry float32), sdpa-no-geometry = flash backend" if cuda else
+               "bfloat16 (geometry float32)" if low else "float32"))
+    return Case(runners, check, baseline="transforms+sdpa" if low and not cuda else "eager", note=note)
 
 
 for _N in (256, 1024, 4096):
     register("gta_attention", f"N{_N}_fwd")(lambda d, n=_N: _gta_case(d, n, backward=False))
     register("gta_attention", f"N{_N}_fwdbwd")(lambda d, n=_N: _gta_case(d, n, backward=True))
+# CPU bfloat16 storage (CUDA's cases above are bfloat16 already)
+for _bwd in (False, True):
+    register("gta_attention", "N1024_bf16_" + ("fwdbwd" if _bwd else "fwd"), devices=("cpu",))(
+        lambda d, b=_bwd: _gta_case(d, 1024, backward=b, dtype=torch.bfloat16))

@@ -88,7 +88,8 @@ def gta_attention(q, k, v, q_se3, k_se3, q_so3, k_so3, q_pos, k_pos, freqs, dims
     """Geometric transform attention O = P Attn(P^T Q, P^-1 K, P^-1 V), fused (O(N) memory).
 
     Args:
-        q: ``[B, H, Nq, d]``; k, v: ``[B, H, Nk, d]`` (float32/float64 on CPU; also fp16/bf16 on CUDA).
+        q: ``[B, H, Nq, d]``; k, v: ``[B, H, Nk, d]`` (float32/float64, or fp16/bf16 storage with float32
+            math inside; float64 on CPU only).
         q_se3: ``[B, Vq, 4, 4]`` query-view SE(3) blocks P = M_s(E) (differentiable: trans_coeff trains).
         k_se3: ``[B, Vk, 4, 4]`` key-view blocks P^-1 = M_s(E^-1).
         q_so3, k_so3: ``[B, V, 8, 8]`` blockdiag(D1, D2) of the view rotation (query side D, key side D^T).
