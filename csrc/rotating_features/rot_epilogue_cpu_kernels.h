@@ -54,30 +54,44 @@ inline T bias_at(const T* bias, int64_t bk, int64_t k, int64_t j) {
 }
 
 // Per-site terms of one tile: a = |psi|, ysq = |psi + b|^2, m = 0.5 a + 0.5 chi and, with a
-// gradient, gy = <grad, psi + b>.
+// gradient, gy = <grad, psi + b>. Whole vectors of sites keep their three sums in registers across
+// the n components (one load per input element; accumulating in the a/ysq/gy rows instead cost
+// three loads and stores more per element and made the pass L1-bound); the tail goes lane by lane.
 template <typename T, bool LIFT, bool BVEC, bool WITH_G, bool WITH_Y = true>
 inline void site_terms(const Tile<T>& t, int64_t n, T* a, T* ysq, T* m, T* gy) {
-  const int64_t len = t.len;
-#pragma omp simd
-  for (int64_t j = 0; j < len; ++j) {
-    const T x = t.psi[j];
-    const T y = x + bias_at<BVEC>(t.bias, t.bk, 0, j);
-    a[j] = x * x;
-    if constexpr (WITH_Y) ysq[j] = y * y;
-    if constexpr (WITH_G) gy[j] = t.grad[j] * y;
-  }
-  // Lift without |psi + b|: only component 0 is non-zero, nothing more to accumulate.
-  for (int64_t k = 1; k < ((LIFT && !WITH_Y && !WITH_G) ? 1 : n); ++k) {
-    const T* pk = t.psi + k * t.ks;
-    const T* gk = WITH_G ? t.grad + k * t.gks : nullptr;
-#pragma omp simd
-    for (int64_t j = 0; j < len; ++j) {
-      const T x = LIFT ? T(0) : pk[j];
-      const T y = x + bias_at<BVEC>(t.bias, t.bk, k, j);
-      if constexpr (!LIFT) a[j] += x * x;
-      if constexpr (WITH_Y) ysq[j] += y * y;
-      if constexpr (WITH_G) gy[j] += gk[j] * y;
+  namespace cv = phasor::cpu_vec;
+  constexpr int64_t L = cv::kLanes<T>;
+  const int64_t len = t.len, vend = len - len % L;
+  // Lift without |psi + b| and the gradient: only component 0 is non-zero.
+  const int64_t nk = (LIFT && !WITH_Y && !WITH_G) ? 1 : n;
+  auto bias_vec = [&](int64_t k, int64_t j) {
+    return BVEC ? cv::loadu(t.bias + k * t.bk + j) : cv::splat<T>(t.bias[k * t.bk]);
+  };
+  for (int64_t j = 0; j < vend; j += L) {
+    cv::Vec<T> sa{}, sy{}, sg{};
+    for (int64_t k = 0; k < nk; ++k) {
+      const cv::Vec<T> x = (LIFT && k > 0) ? cv::Vec<T>{} : cv::loadu(t.psi + k * t.ks + j);
+      const cv::Vec<T> y = x + bias_vec(k, j);
+      if (!LIFT || k == 0) sa += x * x;
+      if constexpr (WITH_Y) sy += y * y;
+      if constexpr (WITH_G) sg += cv::loadu(t.grad + k * t.gks + j) * y;
     }
+    cv::storeu(a + j, sa);
+    if constexpr (WITH_Y) cv::storeu(ysq + j, sy);
+    if constexpr (WITH_G) cv::storeu(gy + j, sg);
+  }
+  for (int64_t j = vend; j < len; ++j) {
+    T sa = 0, sy = 0, sg = 0;
+    for (int64_t k = 0; k < nk; ++k) {
+      const T x = (LIFT && k > 0) ? T(0) : t.psi[k * t.ks + j];
+      const T y = x + bias_at<BVEC>(t.bias, t.bk, k, j);
+      if (!LIFT || k == 0) sa += x * x;
+      if constexpr (WITH_Y) sy += y * y;
+      if constexpr (WITH_G) sg += t.grad[k * t.gks + j] * y;
+    }
+    a[j] = sa;
+    if constexpr (WITH_Y) ysq[j] = sy;
+    if constexpr (WITH_G) gy[j] = sg;
   }
 #pragma omp simd
   for (int64_t j = 0; j < len; ++j) {
