@@ -1,6 +1,7 @@
 """The benchmark harness: correctness is checked first, every impl is timed, records have the keys."""
 import io
 import json
+import time
 
 import torch
 
@@ -103,3 +104,25 @@ def test_impls_filter_keeps_only_the_named_impls(monkeypatch):
     assert records[0]["speedup_vs_eager"] > 0 and calls == []
     records = harness.run("toy_op", "cpu", min_run_time=0.01, out=io.StringIO(), skip_impls=("compile",))
     assert [r["impl"] for r in records] == ["fused", "eager"] and calls == []
+
+
+def test_cpu_timing_interleaves_the_impls():
+    """Rounds alternate the impls (a b, a b, ...) so a slow phase of the machine hits them alike."""
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    ms = harness.time_cpu_interleaved(fns, min_run_time=0.03, rounds=3)
+    blocks = [k for i, k in enumerate(calls) if i == 0 or calls[i - 1] != k]
+    assert blocks == ["a", "b"] * 4  # warm-up, then 3 rounds
+    assert set(ms) == {"a", "b"} and all(v > 0 for v in ms.values())
+
+
+def test_cpu_timing_lets_a_slow_impl_sit_out_later_rounds():
+    calls = []
+
+    def slow():
+        calls.append("slow")
+        time.sleep(0.05)
+    fns = {"slow": slow, "fast": lambda: calls.append("fast")}
+    ms = harness.time_cpu_interleaved(fns, min_run_time=0.04, rounds=4)
+    assert calls.count("slow") <= 3  # warm-up, the first round, and no more
+    assert ms["slow"] >= 50 > ms["fast"]
