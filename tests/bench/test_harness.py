@@ -125,4 +125,5 @@ def test_cpu_timing_lets_a_slow_impl_sit_out_later_rounds():
     fns = {"slow": slow, "fast": lambda: calls.append("fast")}
     ms = harness.time_cpu_interleaved(fns, min_run_time=0.04, rounds=4)
     assert calls.count("slow") <= 3  # warm-up, the first round, and no more
+    assert calls.count("fast") > 4 * calls.count("slow")
     assert ms["slow"] >= 50 > ms["fast"]
