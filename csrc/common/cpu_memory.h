@@ -53,7 +53,7 @@ inline size_t last_level_cache_bytes() {
 // Whether a kernel should write its large outputs with streaming (non-temporal) stores: when what
 // it reads and writes exceeds the last-level cache, a cached output line costs a read of the line
 // before the write (read-for-ownership) and evicts input that a later pass reads again (measured on
-// the rotating epilogue at 4Shapes size: forward 4.0 -> 2.6 ms on one core).
+// the rotating epilogue at 4Shapes size: forward about 4.1 -> 3.0 ms on one core).
 // PHASOR_CPU_STREAM_STORES=0 or 1 forces the choice (the tests cover both paths with it).
 inline bool use_streaming_stores(size_t footprint_bytes) {
   if (const char* env = std::getenv("PHASOR_CPU_STREAM_STORES")) {

@@ -94,9 +94,16 @@ template <typename T>
 inline void stream_copy(T* dst, const T* src, int64_t len) {
   for (int64_t j = 0; j < len; j += kLanes<T>) stream_store(dst + j, loadu(src + j));
 }
+// (never in the baseline build: without AVX stream_store is a plain store, and staging would only add a copy)
 template <typename T>
 inline bool can_stream(const T* dst, int64_t len) {
+#if defined(__AVX__)
   return len % kLanes<T> == 0 && reinterpret_cast<uintptr_t>(dst) % kVecBytes == 0;
+#else
+  (void)dst;
+  (void)len;
+  return false;
+#endif
 }
 inline void stream_fence() {
 #if defined(__AVX__)

@@ -274,14 +274,11 @@ void bn_forward(const BnPlan& p, bool training, const T* psi, const T* chi, cons
   std::vector<double> pm(training ? p.B * p.C : 0), pm2(training ? p.B * p.C : 0);
   const bool by_channel = channel_major(p);
   auto stats_planes = [&](int64_t lo, int64_t hi, int64_t step, T* a, T* ysq, T* m) {
-    for (int64_t pl = lo; pl < hi; pl += step) {
-      plane_moments<T, LIFT>(p, psi, chi, rbias, pl, a, ysq, m, pm[pl], pm2[pl]);
-    }
+    for (int64_t pl = lo; pl < hi; pl += step) plane_moments<T, LIFT>(p, psi, chi, rbias, pl, a, ysq, m, pm[pl], pm2[pl]);
   };
   auto apply_planes = [&](int64_t lo, int64_t hi, int64_t step, T* a, T* ysq, T* m, T* f) {
-    for (int64_t pl = lo; pl < hi; pl += step) {
+    for (int64_t pl = lo; pl < hi; pl += step)
       plane_apply<T, LIFT>(p, psi, chi, rbias, weight, bias, mean, var, eps, pl, out, mag, a, ysq, m, f);
-    }
   };
   if (training && !by_channel) {  // plane-parallel: a pass, the channel statistics, another pass
     for_each_channel_or_planes(p, false, [&](int64_t, int64_t lo, int64_t hi) {
