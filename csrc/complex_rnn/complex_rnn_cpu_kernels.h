@@ -202,82 +202,7 @@ void save_initial(const SaveTarget<T>& st, const c10::complex<T>* x0, int64_t HW
   }
 }
 
-// Low-rank form of one axis factor of the sheet: G = U diag(lambda) U^T (G is a Gaussian kernel
-// matrix, symmetric positive semidefinite), keeping the eigenpairs above tol * lambda_max. A wide,
-// smooth Gaussian (layer 1: sigma ~ 0.9 of the image) has numerical rank ~10-20 whatever the size,
-// so applying G costs 2 r N per column instead of the N^2 of its dense band. The dropped
-// eigenvalues are below the rounding of the dense product (1e-17 of the largest in double, 1e-9 in
-// float, next to the band's own 1e-20 / 1e-12 tap cut-off). The factors and the intermediate
-// products stay in double for float states too: the three-stage product would otherwise round
-// more than the dense filter does.
-struct AxisFactor {
-  int64_t n = 0, r = 0;
-  std::vector<double> U;   // [n][r], each eigenvector scaled by its eigenvalue's square root
-  std::vector<double> Ut;  // [r][npad]: U^T with zero lanes up to npad (a multiple of the vector width)
-};
-
-template <typename T>
-AxisFactor axis_factor(int64_t n, int64_t npad, double sigma) {
-  GaussianAxisFactor g = gaussian_axis_factor(n, sigma, sizeof(T) == 8 ? 1e-17 : 1e-9);
-  AxisFactor f;
-  f.n = n;
-  f.r = g.r;
-  f.Ut.assign(f.r * npad, 0.0);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t q = 0; q < f.r; ++q) f.Ut[q * npad + i] = g.U[i * f.r + q];
-  f.U = std::move(g.U);
-  return f;
-}
-
-// Y = G_r X G_c^T with both factors low-rank, for one plane (X rows at x, stride xs; Y rows of Wv):
-// C = U_r^T X (r_r x Wv), Z = C U_c (r_r x r_c), B = Z U_c^T (r_r x Wv), Y = U_r B, all but Z as
-// AXPYs over contiguous rows. C and B are scratch [r_r][Wv], Z [r_r][r_c], all double.
-template <typename T>
-void apply_low_rank(const AxisFactor& fr, const AxisFactor& fc, const T* x, int64_t xs, int64_t H, int64_t Wv,
-                    double* C, double* Z, double* B, T* y) {
-  const int64_t rr = fr.r, rc = fc.r;
-  std::fill(C, C + rr * Wv, 0.0);
-  for (int64_t h = 0; h < H; ++h) {
-    const T* xh = x + h * xs;
-    for (int64_t p = 0; p < rr; ++p) {
-      const double u = fr.U[h * rr + p];
-      double* cp = C + p * Wv;
-#pragma omp simd
-      for (int64_t w = 0; w < Wv; ++w) cp[w] += u * double(xh[w]);
-    }
-  }
-  for (int64_t p = 0; p < rr; ++p)
-    for (int64_t q = 0; q < rc; ++q) {
-      const double* cp = C + p * Wv;
-      const double* uq = fc.Ut.data() + q * Wv;
-      double acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t w = 0; w < Wv; ++w) acc += cp[w] * uq[w];
-      Z[p * rc + q] = acc;
-    }
-  std::fill(B, B + rr * Wv, 0.0);
-  for (int64_t p = 0; p < rr; ++p)
-    for (int64_t q = 0; q < rc; ++q) {
-      const double z = Z[p * rc + q];
-      const double* uq = fc.Ut.data() + q * Wv;
-      double* bp = B + p * Wv;
-#pragma omp simd
-      for (int64_t w = 0; w < Wv; ++w) bp[w] += z * uq[w];
-    }
-  std::vector<double> acc(Wv);
-  for (int64_t h = 0; h < H; ++h) {
-    std::fill(acc.begin(), acc.end(), 0.0);
-    for (int64_t p = 0; p < rr; ++p) {
-      const double u = fr.U[h * rr + p];
-      const double* bp = B + p * Wv;
-#pragma omp simd
-      for (int64_t w = 0; w < Wv; ++w) acc[w] += u * bp[w];
-    }
-    T* yh = y + h * Wv;
-#pragma omp simd
-    for (int64_t w = 0; w < Wv; ++w) yh[w] = T(acc[w]);
-  }
-}
+#include "complex_rnn/complex_rnn_cpu_lowrank.h"
 
 // The separable run of one thread's images [lo, hi).
 template <typename T>
@@ -306,7 +231,7 @@ void run_separable(const Dims& d, const c10::complex<T>* x0, const T* omega, con
     const int64_t rank_cost = (2 * fr.r * H * Wv + 2 * fr.r * fc.r * Wv) * (sizeof(T) == 8 ? 1 : 2);
     low_rank = rank_cost < band_cost;
   }
-  std::vector<double> C(low_rank ? fr.r * Wv : 0), Z(low_rank ? fr.r * fc.r : 0), Bs(low_rank ? fr.r * Wv : 0);
+  LowRankScratch lrs = low_rank ? LowRankScratch(fr, fc, Wv) : LowRankScratch();
   for (int64_t b = lo; b < hi; ++b) {
     const int64_t ib = b * d.HW();
     const auto st = save_target<T>(d, out, save_phase, b);
@@ -316,8 +241,7 @@ void run_separable(const Dims& d, const c10::complex<T>* x0, const T* omega, con
     T s = 1;  // the true state is s * stored state
     for (int64_t t = 1; t < d.stop; ++t) {
       if (low_rank) {
-        apply_low_rank(fr, fc, xr.data() + rw, Wp, H, Wv, C.data(), Z.data(), Bs.data(), yr.data());
-        apply_low_rank(fr, fc, xi.data() + rw, Wp, H, Wv, C.data(), Z.data(), Bs.data(), yi.data());
+        apply_low_rank(fr, fc, xr.data() + rw, xi.data() + rw, Wp, H, Wv, lrs, yr.data(), yi.data());
       } else {
         filter_along_rows(xr.data(), xi.data(), H, Wp, gw.data(), rw, W, Wv, tr.data() + rh * Wv,
                           ti.data() + rh * Wv);
