@@ -93,8 +93,15 @@ inline Dims check_proj_fwd(const char* op, const at::Tensor& x, const at::Tensor
 }
 
 // grad_H and H [T, B, c, n] in the state dtype, beside the forward's h0 and weight.
+// grad_H is dL/dH [T, B, c, n], or dL/dh_T [B, c, n] alone (training on the last state: the other
+// states' gradients are zero, and the caller need not materialise them).
+inline bool grad_is_last_only(const at::Tensor& grad_H) { return grad_H.dim() == 3; }
+
 inline void check_states(const char* op, const Dims& d, const at::Tensor& grad_H, const at::Tensor& H) {
-  check_sizes(op, "grad_H", grad_H, {d.T, d.B, d.c, d.n});
+  if (grad_is_last_only(grad_H))
+    check_sizes(op, "grad_H", grad_H, {d.B, d.c, d.n});
+  else
+    check_sizes(op, "grad_H", grad_H, {d.T, d.B, d.c, d.n});
   check_sizes(op, "H", H, {d.T, d.B, d.c, d.n});
   check_dtype(op, "grad_H", grad_H, H.scalar_type());
   check_device(op, "grad_H", grad_H, H);

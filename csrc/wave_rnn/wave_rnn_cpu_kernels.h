@@ -342,8 +342,9 @@ struct Grads {
   T* grad_h0 = nullptr;        // [B, c, n]
 };
 
+// gH: dL/dH [T, B, c, n], or dL/dh_T [B, c, n] alone when gH_last_only (the rest zero).
 template <typename T, Act A, int F>
-void backward(const Dims& d, const Input<T>& in, const T* gH, const T* H, const T* h0, const T* W,
+void backward(const Dims& d, const Input<T>& in, const T* gH, bool gH_last_only, const T* H, const T* h0, const T* W,
               const Grads<T>& g) {
   constexpr int64_t L = kLanes<T>;
   const int64_t c = d.c, n = d.n, f = d.f, p = d.p, npad = d.npad(), cn = d.cn(), cpad = c * npad;
@@ -360,6 +361,7 @@ void backward(const Dims& d, const Input<T>& in, const T* gH, const T* H, const 
     std::vector<Vec<T>> dWv(nw);
     std::vector<double> dW_lanes(nw * L);  // [w][lane]: summed over the lanes once per sample
     std::vector<double> db_pos(cn);        // [o][j]: the bias gradient before the sum over positions
+    const std::vector<T> zero_row(gH_last_only ? n : 0, T(0));  // dL/dH[t] of t < T - 1 (last-only)
     for (int64_t b = lo; b < hi; ++b) {
       double* dW = g.dW + b * nw;
       double* db = g.db + b * c;
@@ -376,7 +378,8 @@ void backward(const Dims& d, const Input<T>& in, const T* gH, const T* H, const 
         // delta_t = (dL/dH[t] + recurrent term) * act'(h_t)
         for (int64_t o = 0; o < c; ++o) {
           T* drow = delta_pad + o * npad + p;
-          const T* gh = gH + off + o * n;
+          const T* gh = !gH_last_only ? gH + off + o * n
+                                      : (t == d.T - 1 ? gH + b * cn + o * n : zero_row.data());
           const T* hr = h + o * n;
           const T* gr = grec.data() + o * n;
           double* dbr = db_pos.data() + o * n;
@@ -564,8 +567,8 @@ std::vector<at::Tensor> run_backward(const char* op, const Dims& d, const at::Te
       dispatch_activation(act, [&](auto a) {
         dispatch_taps(d.f, [&](auto taps) {
           backward<scalar_t, decltype(a)::value, decltype(taps)::value>(
-              d, in, gH.const_data_ptr<scalar_t>(), H.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
-              W.const_data_ptr<scalar_t>(), g);
+              d, in, gH.const_data_ptr<scalar_t>(), grad_is_last_only(gH), H.const_data_ptr<scalar_t>(),
+              h0.const_data_ptr<scalar_t>(), W.const_data_ptr<scalar_t>(), g);
         });
       });
     });

@@ -858,6 +858,15 @@ at::Tensor wave_rnn_proj_fwd_cuda(const at::Tensor& x, const at::Tensor& V, cons
                      bias.contiguous(), h0.contiguous(), act, return_all);
 }
 
+// The kernels read dL/dH for every step; a last-state-only gradient becomes that with zeros before
+// it (one memset on the device, cheap next to the backward itself).
+at::Tensor all_state_grads(const at::Tensor& grad_H, const Dims& d) {
+  if (!grad_is_last_only(grad_H)) return grad_H.contiguous();
+  at::Tensor full = at::zeros({d.T, d.B, d.c, d.n}, grad_H.options());
+  if (d.T > 0) full.select(0, d.T - 1).copy_(grad_H);
+  return full;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> wave_rnn_bwd_cuda(
     const at::Tensor& grad_H, const at::Tensor& H, const at::Tensor& h0, const at::Tensor& weight,
     c10::string_view activation) {
@@ -866,7 +875,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> wave_rnn_bwd_cuda(
   check_cuda_dtype(op, "H", H);
   const Act act = parse_activation(op, activation);
   c10::cuda::CUDAGuard guard(H.device());
-  auto r = run_backward(op, d, grad_H.contiguous(), H.contiguous(), at::Tensor(), at::Tensor(), h0.contiguous(),
+  auto r = run_backward(op, d, all_state_grads(grad_H, d), H.contiguous(), at::Tensor(), at::Tensor(), h0.contiguous(),
                         weight.contiguous(), act);
   return {r[0], r[1], r[2], r[3]};
 }
@@ -879,7 +888,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_cuda_dtype(op, "x", x);
   const Act act = parse_activation(op, activation);
   c10::cuda::CUDAGuard guard(x.device());
-  auto r = run_backward(op, d, grad_H.contiguous(), H.contiguous(), x.contiguous(), V, h0.contiguous(),
+  auto r = run_backward(op, d, all_state_grads(grad_H, d), H.contiguous(), x.contiguous(), V, h0.contiguous(),
                         weight.contiguous(), act);
   return {r[0], r[1], r[2], r[3], r[4], r[5]};
 }

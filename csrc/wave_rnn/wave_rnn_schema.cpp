@@ -9,7 +9,8 @@ TORCH_LIBRARY_FRAGMENT(phasor, m) {
   // activation relu | tanh | identity. Returns every state H [T, B, c, n] (return_all) or h_T [B, c, n].
   m.def("wave_rnn_fwd(Tensor u, Tensor weight, Tensor bias, Tensor h0, str activation, bool return_all) "
         "-> Tensor");
-  // Backpropagation through time from all states H (the forward's output) and dL/dH [T, B, c, n].
+  // Backpropagation through time from all states H (the forward's output) and dL/dH [T, B, c, n], or
+  // dL/dh_T [B, c, n] alone (the other states' gradients zero: training on the last state).
   m.def("wave_rnn_bwd(Tensor grad_H, Tensor H, Tensor h0, Tensor weight, str activation) "
         "-> (Tensor grad_u, Tensor grad_weight, Tensor grad_bias, Tensor grad_h0)");
   // The same recurrence with the input projection inside: u_t = x_t V^T + bV viewed as [B, c, n],

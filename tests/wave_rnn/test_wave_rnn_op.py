@@ -170,6 +170,29 @@ def test_bad_inputs():
     assert_bad_input(ops.wave_rnn_projected, x2, torch.zeros(16, 2), torch.zeros(15), w, b, h0, names="bV")
     H = ops.wave_rnn(u, w, b, h0)
     assert_bad_input(torch.ops.phasor.wave_rnn_bwd, H[:2], H, h0, w, "relu", names="grad_H")
+    assert_bad_input(torch.ops.phasor.wave_rnn_bwd, H[-1, :1], H, h0, w, "relu", names="grad_H")  # last-only, wrong B
+    assert_bad_input(torch.ops.phasor.wave_rnn_bwd, H[-1].double(), H, h0, w, "relu", names="grad_H")
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("n_inp", [None, 2])
+@pytest.mark.parametrize("shape", [(5, 3, 2, 8, 3), (37, 2, 9, 20, 3), (1, 2, 3, 10, 3)])
+def test_backward_from_the_last_state_gradient_alone(shape, n_inp, device, cpu_isa):
+    """dL/dh_T [B, c, n] passed alone gives the bits of dL/dH with zeros before the last step; the
+    op checks pass for it too (training on h_T never builds the [T, B, c, n] zeros)."""
+    d = rec_inputs(shape, device, n_inp=n_inp)
+    if n_inp is None:
+        H = ops.wave_rnn(*plain_args(d, "tanh"))
+        bwd, rest = torch.ops.phasor.wave_rnn_bwd, [d["h0"], d["weight"], "tanh"]
+    else:
+        H = ops.wave_rnn_projected(*proj_args(d, "tanh"))
+        bwd, rest = torch.ops.phasor.wave_rnn_proj_bwd, [d["x"], d["V"], d["h0"], d["weight"], "tanh"]
+    g_last = torch.randn(H.shape[1:], dtype=H.dtype, generator=torch.Generator().manual_seed(1)).to(device)
+    g_full = torch.zeros_like(H)
+    g_full[-1] = g_last
+    for a, b in zip(bwd(g_last, H, *rest), bwd(g_full, H, *rest)):
+        assert torch.equal(a, b)
+    check_opcheck(bwd.default, [g_last, H, *rest], with_grad=False)
 
 
 @requires_cuda

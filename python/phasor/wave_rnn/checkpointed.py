@@ -18,12 +18,6 @@ def _segments(T: int, K: int):
     return [(s, min(s + K, T)) for s in range(0, T, K)]
 
 
-def _last_step_grad(H: torch.Tensor, grad_last: torch.Tensor) -> torch.Tensor:
-    grad_H = torch.zeros_like(H)
-    grad_H[-1] = grad_last
-    return grad_H
-
-
 class _Checkpointed(torch.autograd.Function):
     """h_T of wave_rnn_fwd, keeping only each segment's starting state."""
 
@@ -45,7 +39,7 @@ class _Checkpointed(torch.autograd.Function):
         for (s, e), h_start in reversed(list(zip(_segments(u.shape[0], ctx.K), starts))):
             H = torch.ops.phasor.wave_rnn_fwd(u[s:e], weight, bias, h_start, ctx.activation, True)
             g_u, g_w, g_b, grad_h = torch.ops.phasor.wave_rnn_bwd(
-                _last_step_grad(H, grad_h), H, h_start, weight, ctx.activation)
+                grad_h, H, h_start, weight, ctx.activation)
             grad_u[s:e] = g_u
             grad_w += g_w
             grad_b += g_b
@@ -74,7 +68,7 @@ class _ProjectedCheckpointed(torch.autograd.Function):
         for (s, e), h_start in reversed(list(zip(_segments(x.shape[0], ctx.K), starts))):
             H = torch.ops.phasor.wave_rnn_proj_fwd(x[s:e], V, bV, weight, bias, h_start, ctx.activation, True)
             g_x, g_V, g_bV, g_w, g_b, grad_h = torch.ops.phasor.wave_rnn_proj_bwd(
-                _last_step_grad(H, grad_h), H, x[s:e], V, h_start, weight, ctx.activation)
+                grad_h, H, x[s:e], V, h_start, weight, ctx.activation)
             grad_x[s:e] = g_x
             grad_V += g_V
             grad_bV += g_bV

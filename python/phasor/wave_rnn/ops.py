@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .checkpointed import last_state_checkpointed, last_state_projected_checkpointed
+from .last_state import last_state, last_state_projected
 
 __all__ = ["wave_rnn", "wave_rnn_projected"]
 
@@ -58,15 +59,21 @@ def _proj_fwd_fake(x, V, bV, weight, bias, h0, activation, return_all):
     return x.new_empty((T, B, c, n) if return_all else (B, c, n))
 
 
+def _check_state_grad(grad_H, H):
+    # dL/dH for every state, or dL/dh_T alone (training on the last state)
+    torch._check(grad_H.shape == H.shape or grad_H.shape == H.shape[1:],
+                 lambda: "grad_H must have the shape of H [T, B, c, n] or of its last state [B, c, n]")
+
+
 @torch.library.register_fake("phasor::wave_rnn_bwd")
 def _bwd_fake(grad_H, H, h0, weight, activation):
-    torch._check(grad_H.shape == H.shape, lambda: "grad_H must have the shape of H")
+    _check_state_grad(grad_H, H)
     return torch.empty_like(H), torch.empty_like(weight), weight.new_empty((weight.shape[0],)), torch.empty_like(h0)
 
 
 @torch.library.register_fake("phasor::wave_rnn_proj_bwd")
 def _proj_bwd_fake(grad_H, H, x, V, h0, weight, activation):
-    torch._check(grad_H.shape == H.shape, lambda: "grad_H must have the shape of H")
+    _check_state_grad(grad_H, H)
     return (torch.empty_like(x), torch.empty_like(V), V.new_empty((V.shape[0],)), torch.empty_like(weight),
             weight.new_empty((weight.shape[0],)), torch.empty_like(h0))
 
@@ -78,10 +85,7 @@ def _proj_bwd_fake(grad_H, H, x, V, h0, weight, activation):
 def _grad_states(ctx, grad_out, recompute):
     if ctx.return_all:
         return grad_out.contiguous(), ctx.saved_tensors[-1]
-    H = recompute()
-    grad_H = torch.zeros_like(H)
-    grad_H[-1] = grad_out
-    return grad_H, H
+    return grad_out.contiguous(), recompute()  # dL/dh_T alone: the backward ops take it as it is
 
 
 def _fwd_setup(ctx, inputs, output):
@@ -166,7 +170,7 @@ def wave_rnn(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, h0: torc
         if K is not None:
             return last_state_checkpointed(u, weight, bias, h0, activation, K)
         # training on h_T: keep the states the backward needs instead of recomputing them
-        return torch.ops.phasor.wave_rnn_fwd(u, weight, bias, h0, activation, True)[-1]
+        return last_state(u, weight, bias, h0, activation)
     return torch.ops.phasor.wave_rnn_fwd(u, weight, bias, h0, activation, return_all)
 
 
@@ -192,5 +196,5 @@ def wave_rnn_projected(x: torch.Tensor, V: torch.Tensor, bV: torch.Tensor, weigh
     if not return_all and x.dim() == 3 and x.shape[0] > 0 and _needs_grad(x, V, bV, weight, bias, h0):
         if K is not None:
             return last_state_projected_checkpointed(x, V, bV, weight, bias, h0, activation, K)
-        return torch.ops.phasor.wave_rnn_proj_fwd(x, V, bV, weight, bias, h0, activation, True)[-1]
+        return last_state_projected(x, V, bV, weight, bias, h0, activation)
     return torch.ops.phasor.wave_rnn_proj_fwd(x, V, bV, weight, bias, h0, activation, return_all)
