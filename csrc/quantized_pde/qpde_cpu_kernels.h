@@ -18,6 +18,7 @@
 #include "quantized_pde/qpde_cpu_entry.h"
 
 #include "common/cpu_scratch.h"
+#include "common/erf_rational.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -176,7 +177,10 @@ bool cpu_has_vnni512() {
 template <Act A>
 inline float activate(float y) {
   if constexpr (A == Act::Relu) return y > 0.f ? y : 0.f;
-  if constexpr (A == Act::Gelu) return 0.5f * y * (1.f + std::erf(y * 0.70710678118654752f));
+  if constexpr (A == Act::Gelu) {  // in double: erf_rational's error is then below float rounding
+    const double yd = y;
+    return static_cast<float>(0.5 * yd * (1.0 + erf_rational(yd * 0.70710678118654752)));
+  }
   return y;
 }
 
