@@ -4,10 +4,11 @@
   over an activation-sized tensor: the fused op vs the LSQ reference in eager mode, the
   reference under torch.compile, and torch's learnable fake-quantize ops (the library peer).
 * int8_conv2d at U-Net/ResNet layer shapes (batch 8, 64 channels, 128 x 128; 3x3 and 1x1) with
-  the ReLU + requantise epilogue: the fused int8 op vs the float32 conv (oneDNN), PyTorch's
-  quantized conv (fbgemm, quint8 x qint8 per channel) and the eager dequantise-float-requantise
-  reference. Speedups are reported against the float32 conv on CPU. On CUDA the baseline is the
-  cuDNN float16 conv (+ ReLU) on NCHW tensors, the GPU target's peer; the same conv on
+  the ReLU + requantise epilogue (and the 3x3 with GELU, the PDE models' default activation,
+  which fbgemm's quantized conv does not fuse): the fused int8 op vs the float32 conv (oneDNN),
+  PyTorch's quantized conv (fbgemm, quint8 x qint8 per channel) and the eager
+  dequantise-float-requantise reference. Speedups are reported against the float32 conv on CPU. On CUDA the baseline is the
+  cuDNN float16 conv (+ the activation) on NCHW tensors, the GPU target's peer; the same conv on
   channels_last tensors (often cuDNN's faster layout), the float32 conv and the op's dp4a
   fallback kernel (PHASOR_QPDE_CUDA_KERNEL=dp4a) are timed too.
 """
@@ -81,7 +82,7 @@ def _fq_channel_case(device, shape):
     return Case(runners, check, note=f"x {tuple(shape)} float32, 4-bit per channel (axis 0), forward + backward")
 
 
-def _int8_conv_case(device, N, C, H, k):
+def _int8_conv_case(device, N, C, H, k, act="relu"):
     g = torch.Generator().manual_seed(0)
     x = torch.randint(-128, 128, (N, C, H, H), generator=g, dtype=torch.int8).to(device)
     w = torch.randint(-127, 128, (C, C, k, k), generator=g, dtype=torch.int8).to(device)
@@ -89,13 +90,14 @@ def _int8_conv_case(device, N, C, H, k):
     bias = torch.randn(C, generator=g).to(device)
     xs, zp, os_, oz = 0.02, -3, 0.5, -128
     pad = k // 2
+    act_fn = {"relu": torch.relu, "gelu": F.gelu}[act]
     xf = ((x.float() - zp) * xs).contiguous()
     wf = w.float() * ws.view(-1, 1, 1, 1)
     impls = {
-        "fused": lambda: ops.int8_conv2d(x, xs, zp, w, ws, bias, 1, pad, 1, "relu", "int8", os_, oz),
-        "eager": lambda: reference.int8_conv2d_ref(x, xs, zp, w, ws, bias, [1, 1], [pad, pad], [1, 1], "relu", "int8",
+        "fused": lambda: ops.int8_conv2d(x, xs, zp, w, ws, bias, 1, pad, 1, act, "int8", os_, oz),
+        "eager": lambda: reference.int8_conv2d_ref(x, xs, zp, w, ws, bias, [1, 1], [pad, pad], [1, 1], act, "int8",
                                                    os_, oz),
-        "torch.conv2d float32": lambda: torch.relu(F.conv2d(xf, wf, bias, 1, pad)),
+        "torch.conv2d float32": lambda: act_fn(F.conv2d(xf, wf, bias, 1, pad)),
     }
     baseline = "torch.conv2d float32"
     if device == "cuda":
@@ -103,12 +105,12 @@ def _int8_conv_case(device, N, C, H, k):
         xh_cl, wh_cl = xh.contiguous(memory_format=torch.channels_last), wh.contiguous(memory_format=torch.channels_last)
         # cudnn.benchmark: cuDNN times its algorithms on the first (warm-up) call, the strongest baseline
         impls["torch.conv2d float16 (cuDNN)"] = lambda: _cudnn_benchmark(
-            lambda: torch.relu(F.conv2d(xh, wh, bh, 1, pad)))
+            lambda: act_fn(F.conv2d(xh, wh, bh, 1, pad)))
         impls["torch.conv2d float16 channels_last (cuDNN)"] = lambda: _cudnn_benchmark(
-            lambda: torch.relu(F.conv2d(xh_cl, wh_cl, bh, 1, pad)))
+            lambda: act_fn(F.conv2d(xh_cl, wh_cl, bh, 1, pad)))
         impls["fused dp4a"] = lambda: _with_env("PHASOR_QPDE_CUDA_KERNEL", "dp4a", impls["fused"])
         baseline = "torch.conv2d float16 (cuDNN)"
-    if device == "cpu" and "fbgemm" in torch.backends.quantized.supported_engines:
+    if device == "cpu" and act == "relu" and "fbgemm" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "fbgemm"
         qx = torch._make_per_tensor_quantized_tensor((x.int() + 128).to(torch.uint8), xs, zp + 128)
         qw = torch._make_per_channel_quantized_tensor(w, ws.double(), torch.zeros(C, dtype=torch.int64), 0)
@@ -120,9 +122,11 @@ def _int8_conv_case(device, N, C, H, k):
         return bool((a.int() - b.int()).abs().max() <= 1)
 
     runners = {k: (lambda f=f: torch.no_grad()(f)()) for k, f in impls.items()}
-    note = f"N={N} C={C} {H}x{H} k={k}, ReLU + requantise epilogue; float32 conv on the dequantised tensors"
+    act_name = {"relu": "ReLU", "gelu": "GELU"}[act]
+    note = f"N={N} C={C} {H}x{H} k={k}, {act_name} + requantise epilogue; float32 conv on the dequantised tensors"
     if device == "cuda":
-        note = f"N={N} C={C} {H}x{H} k={k}, ReLU + requantise epilogue; baseline the float16 cuDNN conv (+ ReLU)"
+        note = (f"N={N} C={C} {H}x{H} k={k}, {act_name} + requantise epilogue; baseline the float16 cuDNN conv "
+                f"(+ {act_name})")
     return Case(runners, check, baseline=baseline, note=note)
 
 
@@ -153,3 +157,5 @@ register("fake_quant_per_tensor", "x4x64x64x64_fwdbwd")(lambda d: _fq_tensor_cas
 register("fake_quant_per_channel", "w256x256x3x3_fwdbwd")(lambda d: _fq_channel_case(d, (256, 256, 3, 3)))
 register("int8_conv2d", "unet_N8_C64_128x128_k3")(lambda d: _int8_conv_case(d, 8, 64, 128, 3))
 register("int8_conv2d", "fno_N8_C64_128x128_k1")(lambda d: _int8_conv_case(d, 8, 64, 128, 1))
+# the PDE models' default activation
+register("int8_conv2d", "unet_N8_C64_128x128_k3_gelu")(lambda d: _int8_conv_case(d, 8, 64, 128, 3, "gelu"))
