@@ -91,3 +91,11 @@ def test_cuda_sources_compile():
     out = subprocess.run(["bash", str(ROOT / "tools" / "cuda_check.sh"), sys.executable], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=3000)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+
+
+def test_repro_help_lists_the_systems(capsys):
+    from phasor import cli
+
+    assert cli.main(["repro", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert all(system in text for system in cli.REPROS)

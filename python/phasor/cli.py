@@ -28,8 +28,14 @@ def main(argv=None) -> int:
                    help="only these impls (the case's names, comma-separated)")
     b.add_argument("--skip-impls", default="", metavar="A,B",
                    help="leave these impls out (e.g. compile: its Triton compile is slow on a time-limited GPU run)")
+    # no help of its own: `phasor repro <system> --help` reaches the system's parser
     r = sub.add_parser("repro", help="reproduce a paper's result", add_help=False)
     r.add_argument("system", choices=sorted(REPROS))
+    if argv[:2] in (["repro", "-h"], ["repro", "--help"]):
+        print("usage: phasor repro {" + ",".join(sorted(REPROS)) + "} [options]\n\n"
+              "Reproduces one paper's result: trains or runs the system, writes a metrics JSON and a PNG.\n"
+              "`phasor repro <system> --help` lists that system's options.")
+        return 0
     sub.add_parser("info", help="print phasor.build_info")
     args, rest = p.parse_known_args(argv)
     if args.cmd == "bench":
