@@ -20,6 +20,8 @@
 // next update multiplies its coefficients by s (the recurrence is linear), so it costs no pass.
 #include "complex_rnn/complex_rnn_cpu_entry.h"
 
+#include "common/cpu_math.h"
+
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/complex.h>
@@ -141,6 +143,17 @@ inline T phase_of(T re, T im) {
   return (re == T(0) && im == T(0)) ? T(0) : std::atan2(im, re);
 }
 
+// The same for the saved window's rows: float through the vectorisable atan2_poly (correctly
+// rounded to float; a scalar atan2f per node took longer than the run's steps), double through
+// the library's atan2.
+template <typename T>
+inline T row_phase(T re, T im) {
+  if constexpr (sizeof(T) == 4)
+    return static_cast<T>(atan2_poly(im, re));
+  else
+    return phase_of(re, im);
+}
+
 // Where the saved window goes: [T, H, W] of one image, complex or phase.
 template <typename T>
 struct SaveTarget {
@@ -151,14 +164,22 @@ struct SaveTarget {
   // sample t from split planes with row stride `stride` (value of node (h, w) at h * stride + w), scaled by s
   void store(int64_t t, const T* xr, const T* xi, int64_t H, int64_t W, int64_t stride, T s) const {
     const int64_t o = (t - start) * HW;
-    for (int64_t h = 0; h < H; ++h)
-      for (int64_t w = 0; w < W; ++w) {
-        const T re = xr[h * stride + w], im = xi[h * stride + w];
-        if (phase)
-          phase[o + h * W + w] = phase_of(re, im);
-        else
-          cplx[o + h * W + w] = c10::complex<T>(re * s, im * s);
+    for (int64_t h = 0; h < H; ++h) {
+      const T* re = xr + h * stride;
+      const T* im = xi + h * stride;
+      if (phase) {
+        T* dst = phase + o + h * W;
+#pragma omp simd
+        for (int64_t w = 0; w < W; ++w) dst[w] = row_phase(re[w], im[w]);
+      } else {
+        T* dst = reinterpret_cast<T*>(cplx + o + h * W);  // interleaved (re, im): c10::complex's layout
+#pragma omp simd
+        for (int64_t w = 0; w < W; ++w) {
+          dst[2 * w] = re[w] * s;
+          dst[2 * w + 1] = im[w] * s;
+        }
       }
+    }
   }
 };
 

@@ -18,7 +18,7 @@
 #include "quantized_pde/qpde_cpu_entry.h"
 
 #include "common/cpu_scratch.h"
-#include "common/erf_rational.h"
+#include "common/cpu_math.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

@@ -168,6 +168,24 @@ def test_renormalisation_leaves_phases_unchanged():
         assert phasor_error(pa, pb) <= 1e-12
 
 
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_saved_phases_are_the_angles_of_the_saved_states(dtype, cpu_isa):
+    """The phase window (float: a vectorised atan2, correctly rounded) against torch.angle of the
+    complex window from the same run: within one rounding of the angle's float, 0 at masked nodes,
+    and phases in (-pi, pi]."""
+    x0, omega, mask = node_inputs((2, 13, 21), dtype)
+    for m, sigma in ((mask, 0.1), (None, 0.9)):
+        ph = ops.cvrnn_run(x0, omega, 0.5, sigma, 30, mask=m, save_start=1, save_phase=True)
+        z = ops.cvrnn_run(x0, omega, 0.5, sigma, 30, mask=m, save_start=1)
+        want = torch.angle(z.to(torch.complex128))  # the float64 angle of the same (rounded) states
+        ulp = 2.4e-7 if dtype == torch.complex64 else 1e-15
+        live = z != 0  # (torch.angle of a zero with a negative real part is pi; the op's phase is 0)
+        assert phasor_error(ph[live], want[live]) <= ulp
+        assert (ph[~live] == 0).all() and ph.abs().max() <= math.pi
+        if m is not None:
+            assert (~live).any()
+
+
 def test_float32_overflows_without_renormalisation():
     """The spec's overflow guard: layer 1 in complex64 leaves the float range within ~14 updates
     unless each image is renormalised."""
