@@ -10,7 +10,7 @@ BUILD_STAMP := $(VENV)/.phasor-built
 PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: all venv build test test-fast bench bench-json wheel cuda-check repro clean
+.PHONY: all venv build test test-fast bench wheel cuda-check repro clean
 
 all: test
 

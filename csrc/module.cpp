@@ -29,7 +29,7 @@ PYBIND11_MODULE(_C, m) {
     return info;
   }, "Dict describing how this binary was built: torch version, CUDA kernels and architectures, compiler, flags.");
   m.def("cpu_isa", []() { return std::string(phasor::cpu_isa_name(phasor::active_cpu_isa())); },
-        "Instruction set of the CPU kernels in use ('base' or 'avx2').");
+        "Instruction set of the CPU kernels in use ('base', 'avx2' or 'avx512').");
   m.def("set_cpu_isa", &phasor::set_cpu_isa, py::arg("name"),
-        "Use the 'base' or 'avx2' CPU kernels; returns False if unknown or unsupported by this CPU.");
+        "Use the 'base', 'avx2' or 'avx512' CPU kernels; returns False if unknown or unsupported by this CPU.");
 }

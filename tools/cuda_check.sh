@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compile-only check of every CUDA source (csrc/*/*.cu) against the installed torch's headers,
-# for sm_80 and sm_90a, without linking (works with a CPU-only torch; ENGINEERING.md §3.6).
+# for sm_80 and sm_90a, without linking (works with a CPU-only torch).
 #
 # usage: bash tools/cuda_check.sh PYTHON
 #   PYTHON   the interpreter whose torch/pybind11 to build against (e.g. .venv/bin/python)
