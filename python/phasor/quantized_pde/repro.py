@@ -17,7 +17,11 @@ Both come as one-step (all consecutive frame pairs) and rollout (autoregressive 
 frame, averaged over `rollout_steps` steps). They differ where sample amplitudes vary widely, as in
 Burgers, whose decaying trajectories span two orders of magnitude: NMSE weights a near-zero state
 like a large one, and such a state is only a few steps of a per-tensor 8-bit activation grid; the
-one-step NMSE is also reported per bucket of sample RMS (``one_step_nmse_by_rms``). Cost:
+one-step NMSE is also reported per bucket of sample RMS (``one_step_nmse_by_rms``).
+``--input-scaling per_sample_log_rms`` (an experiment, not the spec's scheme; see
+models.PerSampleScale) runs every model on its input divided by the sample's RMS, with the log RMS
+as one more input channel, so each sample uses the same part of the activation grid; give it its
+own --ckpt-dir and --out-dir (finished runs are cached by name). Cost:
 BOPs per sample (sum MAC * b_w * b_a, float = 32 x 32; FNO Fourier inputs and FFTs float) and
 FP32-equivalent FLOPs. The W8A8 model is also converted to the int8 inference model (int8_conv
 ops) and its one-step NMSE recorded.
@@ -70,6 +74,7 @@ class Config:
     ckpt_dir: str = "runs/quantized_pde/checkpoints"
     out_dir: str = "bench/results/quantized_pde"
     reduced: bool = True  # labels the JSON: a small-scale stand-in for the paper's protocol
+    input_scaling: str = "none"  # "per_sample": models.PerSampleScale (an experiment, not the spec's scheme)
 
 
 # dataset -> (generator parameters, downsampling factor from the generated grid to the base grid)
@@ -201,7 +206,7 @@ def run_pair(cfg: Config, name: str, arch: str, train_u, test_u, ckdir: Path) ->
 
     def build(res_modes):
         torch.manual_seed(cfg.seed)
-        return models.build(arch, ndim, channels, cfg.width, res_modes)
+        return models.build(arch, ndim, channels, cfg.width, res_modes, cfg.input_scaling)
 
     def done_or_run(tag, fn):
         path = ckdir / f"{name}_{arch}_{tag}.result.json"
