@@ -97,6 +97,12 @@ inline Dims check_proj_fwd(const char* op, const at::Tensor& x, const at::Tensor
 // states' gradients are zero, and the caller need not materialise them).
 inline bool grad_is_last_only(const at::Tensor& grad_H) { return grad_H.dim() == 3; }
 
+// With T = 0 the last state is h0 itself, so a last-state gradient is h0's gradient (the kernels,
+// which see no step, return zeros for it).
+inline at::Tensor h0_grad_for(const at::Tensor& kernel_grad_h0, const at::Tensor& grad_H, int64_t T) {
+  return (T == 0 && grad_is_last_only(grad_H)) ? grad_H.clone() : kernel_grad_h0;
+}
+
 inline void check_states(const char* op, const Dims& d, const at::Tensor& grad_H, const at::Tensor& H) {
   if (grad_is_last_only(grad_H))
     check_sizes(op, "grad_H", grad_H, {d.B, d.c, d.n});

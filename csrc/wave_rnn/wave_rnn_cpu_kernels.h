@@ -595,7 +595,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> wave_rnn_bwd_cpu(
   const Dims d = check_bwd(op, grad_H, H, h0, weight);
   check_cpu_dtype(op, "H", H);
   auto r = run_backward(op, d, grad_H, H, {}, {}, h0, weight, parse_activation(op, activation));
-  return {r[0], r[1], r[2], r[3]};
+  return {r[0], r[1], r[2], h0_grad_for(r[3], grad_H, d.T)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> wave_rnn_proj_bwd_cpu(
@@ -605,7 +605,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const Dims d = check_proj_bwd(op, grad_H, H, x, V, h0, weight);
   check_cpu_dtype(op, "x", x);
   auto r = run_backward(op, d, grad_H, H, x, V, h0, weight, parse_activation(op, activation));
-  return {r[0], r[1], r[2], r[3], r[4], r[5]};
+  return {r[0], r[1], r[2], r[3], r[4], h0_grad_for(r[5], grad_H, d.T)};
 }
 
 }  // namespace phasor::wave::PHASOR_CPU_ISA

@@ -877,7 +877,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> wave_rnn_bwd_cuda(
   c10::cuda::CUDAGuard guard(H.device());
   auto r = run_backward(op, d, all_state_grads(grad_H, d), H.contiguous(), at::Tensor(), at::Tensor(), h0.contiguous(),
                         weight.contiguous(), act);
-  return {r[0], r[1], r[2], r[3]};
+  return {r[0], r[1], r[2], h0_grad_for(r[3], grad_H, d.T)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> wave_rnn_proj_bwd_cuda(
@@ -890,7 +890,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   c10::cuda::CUDAGuard guard(x.device());
   auto r = run_backward(op, d, all_state_grads(grad_H, d), H.contiguous(), x.contiguous(), V, h0.contiguous(),
                         weight.contiguous(), act);
-  return {r[0], r[1], r[2], r[3], r[4], r[5]};
+  return {r[0], r[1], r[2], r[3], r[4], h0_grad_for(r[5], grad_H, d.T)};
 }
 
 }  // namespace

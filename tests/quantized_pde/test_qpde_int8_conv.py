@@ -163,3 +163,5 @@ def test_gelu_epilogue_is_as_accurate_as_float_rounding(cpu_isa):
         assert (got - want).abs().max() <= 1e-6
         big = want.abs() > 1e-3
         assert ((got - want).abs() / want.abs())[big].max() <= 1e-5
+    tail = torch.tensor([-128, -100, -20, -7], dtype=torch.int8).view(1, 1, 1, 4)  # GELU underflows to 0 there
+    assert (ops.int8_conv2d(tail, 1.0, 0, one, torch.ones(1), None, 1, 0, 1, "gelu") == 0).all()

@@ -195,6 +195,19 @@ def test_backward_from_the_last_state_gradient_alone(shape, n_inp, device, cpu_i
     check_opcheck(bwd.default, [g_last, H, *rest], with_grad=False)
 
 
+@pytest.mark.parametrize("device", device_params())
+def test_last_state_gradient_of_an_empty_sequence_is_h0s(device):
+    """T = 0: h_T is h0, so dL/dh_T passed alone comes back as dL/dh0."""
+    d = rec_inputs((0, 2, 3, 8, 3), device)
+    H = ops.wave_rnn(*plain_args(d, "relu"))
+    g = torch.randn(2, 3, 8, dtype=H.dtype).to(device)
+    assert torch.equal(torch.ops.phasor.wave_rnn_bwd(g, H, d["h0"], d["weight"], "relu")[3], g)
+    dp = rec_inputs((0, 2, 3, 8, 3), device, n_inp=2)
+    Hp = ops.wave_rnn_projected(*proj_args(dp, "relu"))
+    got = torch.ops.phasor.wave_rnn_proj_bwd(g, Hp, dp["x"], dp["V"], dp["h0"], dp["weight"], "relu")[5]
+    assert torch.equal(got, g)
+
+
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("act", ["relu", "tanh"])

@@ -2,7 +2,8 @@
 
 Selecting ``H[-1]`` from the all-states output would make autograd build dL/dH as a [T, B, c, n]
 tensor of zeros with one step filled: 100 MB at T=784, B=32, c=16, n=64, and on CPU about a third
-of the fused forward + backward. The fused backward ops take dL/dh_T [B, c, n] alone instead.
+of the fused forward + backward. The fused backward ops take dL/dh_T [B, c, n] alone instead (the
+CPU kernel reads it as it is; on CUDA the op still expands it on the device, one memset).
 (``checkpointed.py`` is the low-memory alternative: it keeps every K-th state and recomputes.)
 """
 from __future__ import annotations
