@@ -143,9 +143,9 @@ inline T phase_of(T re, T im) {
   return (re == T(0) && im == T(0)) ? T(0) : std::atan2(im, re);
 }
 
-// The same for the saved window's rows: float through the vectorisable atan2_poly (correctly
-// rounded to float; a scalar atan2f per node took longer than the run's steps), double through
-// the library's atan2.
+// The same for the saved window's rows: float through the vectorisable atan2_poly (within 1 ulp of
+// the correctly rounded float; a scalar atan2f per node took longer than the run's steps), double
+// through the library's atan2.
 template <typename T>
 inline T row_phase(T re, T im) {
   if constexpr (sizeof(T) == 4)

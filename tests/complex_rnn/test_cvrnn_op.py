@@ -170,7 +170,7 @@ def test_renormalisation_leaves_phases_unchanged():
 
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
 def test_saved_phases_are_the_angles_of_the_saved_states(dtype, cpu_isa):
-    """The phase window (float: a vectorised atan2, correctly rounded) against torch.angle of the
+    """The phase window (float: a vectorised atan2, within 1 ulp of the correctly rounded float) against torch.angle of the
     complex window from the same run: within one rounding of the angle's float, 0 at masked nodes,
     and phases in (-pi, pi]."""
     x0, omega, mask = node_inputs((2, 13, 21), dtype)
