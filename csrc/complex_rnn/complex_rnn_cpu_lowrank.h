@@ -24,18 +24,20 @@ inline DVec load_as_double(const double* p) { return loadu(p); }
 inline DVec load_as_double(const float* p) {
 #if defined(__AVX__)
   return (DVec)_mm256_cvtps_pd(_mm_loadu_ps(p));  // GCC 12 splits the generic conversion into halves
-#endif
+#else
   Float4 f;
   std::memcpy(&f, p, sizeof(f));
   return __builtin_convertvector(f, DVec);
+#endif
 }
 inline void store_rounded(double* p, DVec v) { storeu(p, v); }
 inline void store_rounded(float* p, DVec v) {
 #if defined(__AVX__)
-  return _mm_storeu_ps(p, _mm256_cvtpd_ps((__m256d)v));
-#endif
+  _mm_storeu_ps(p, _mm256_cvtpd_ps((__m256d)v));
+#else
   const Float4 f = __builtin_convertvector(v, Float4);
   std::memcpy(p, &f, sizeof(f));
+#endif
 }
 
 // Register blocking: 8 accumulators with 16 vector registers, 16 with AVX-512's 32.
@@ -51,23 +53,30 @@ template <int P, int NV, typename TX>
 inline void gemm_tn_block(const double* A, int64_t lda, int64_t i0, const TX* xr, const TX* xi, int64_t xs, int64_t K,
                           int64_t w, double* outr, double* outi, int64_t os) {
   DVec ar[P][NV], ai[P][NV];
+#pragma GCC unroll 4
   for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) ar[p][v] = ai[p][v] = DVec{};
   for (int64_t k = 0; k < K; ++k) {
     DVec br[NV], bi[NV];
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       br[v] = load_as_double(xr + k * xs + w + v * kDLanes);
       bi[v] = load_as_double(xi + k * xs + w + v * kDLanes);
     }
+#pragma GCC unroll 4
     for (int p = 0; p < P; ++p) {
       const DVec a = splat(A[k * lda + i0 + p]);
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
         ar[p][v] += a * br[v];
         ai[p][v] += a * bi[v];
       }
     }
   }
+#pragma GCC unroll 4
   for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       storeu(outr + (i0 + p) * os + w + v * kDLanes, ar[p][v]);
       storeu(outi + (i0 + p) * os + w + v * kDLanes, ai[p][v]);
@@ -80,21 +89,32 @@ template <int NPL, int P, int NV, typename TO>
 inline void gemm_nn_block(const double* A, int64_t lda, int64_t i0, const double* const* m, int64_t ms, int64_t K,
                           int64_t w, TO* const* out, int64_t os) {
   DVec acc[NPL][P][NV];
+#pragma GCC unroll 4
   for (int c = 0; c < NPL; ++c)
+#pragma GCC unroll 4
     for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[c][p][v] = DVec{};
   for (int64_t k = 0; k < K; ++k) {
     DVec b[NPL][NV];
+#pragma GCC unroll 4
     for (int c = 0; c < NPL; ++c)
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) b[c][v] = loadu(m[c] + k * ms + w + v * kDLanes);
+#pragma GCC unroll 4
     for (int p = 0; p < P; ++p) {
       const DVec a = splat(A[(i0 + p) * lda + k]);
+#pragma GCC unroll 4
       for (int c = 0; c < NPL; ++c)
+#pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[c][p][v] += a * b[c][v];
     }
   }
+#pragma GCC unroll 4
   for (int c = 0; c < NPL; ++c)
+#pragma GCC unroll 4
     for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) store_rounded(out[c] + (i0 + p) * os + w + v * kDLanes, acc[c][p][v]);
 }
 

@@ -110,13 +110,13 @@ __attribute__((target("avx2,avxvnni"))) void gemm_4x16_vnni(const int8_t* w, int
   __m256i a[4][2];
 #pragma GCC unroll 4
   for (auto& r : a)
-  #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (auto& v : r) v = _mm256_setzero_si256();
   for (int64_t kg = 0; kg < K / 4; ++kg) {
     const uint8_t* c = colT + kg * kpix * 4;
     const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
     const __m256i c1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + 32));
-  #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int r = 0; r < 4; ++r) {
       int32_t wq;
       std::memcpy(&wq, w + r * ldw + kg * 4, 4);
@@ -146,14 +146,14 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void gemm_4x64_vnni512(
   __m512i a[4][4];
 #pragma GCC unroll 4
   for (auto& r : a)
-  #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (auto& v : r) v = _mm512_setzero_si512();
   for (int64_t kg = 0; kg < K / 4; ++kg) {
     const uint8_t* c = colT + kg * kpix * 4;
     __m512i col[4];
-  #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) col[v] = _mm512_loadu_si512(c + 64 * v);
-  #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int r = 0; r < 4; ++r) {
       int32_t wq;
       std::memcpy(&wq, w + r * ldw + kg * 4, 4);
@@ -164,7 +164,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void gemm_4x64_vnni512(
   }
 #pragma GCC unroll 4
   for (int r = 0; r < 4; ++r)
-  #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) _mm512_storeu_si512(acc + r * ldacc + 16 * v, a[r][v]);
 }
 
