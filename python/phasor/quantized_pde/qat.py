@@ -164,12 +164,14 @@ class Int8Conv(nn.Module):
     def forward(self, x):
         qmax = (1 << self.act_bits) - 1
         xs, zp = float(self.x_scale), int(self.x_zero_point)
-        # unsigned b-bit codes stored as int8 (code - 128); zero point shifted alike
-        q = torch.clamp(torch.round(x.float() * (1.0 / xs)) + zp, 0, qmax) - 128
+        # unsigned b-bit codes stored as int8 (code - 128); zero point shifted alike. In place on one
+        # float buffer: the same arithmetic as clamp(round(x / s) + z, 0, qmax) - 128, fewer passes
+        q = x.float() * (1.0 / xs)
+        q.round_().add_(zp - 128).clamp_(-128, qmax - 128)
         q = q.to(torch.int8)
         pad = list(self.padding)
         if self.padding_mode == "circular" and any(pad):
-            q = F.pad(q.float(), [p for p in reversed(pad) for _ in range(2)], mode="circular").to(torch.int8)
+            q = F.pad(q, [p for p in reversed(pad) for _ in range(2)], mode="circular")  # (int8 as it is)
             pad = [0] * self.ndim
         fn = ops.int8_conv1d if self.ndim == 1 else ops.int8_conv2d
         args = (q, xs, zp - 128, self.weight, self.w_scale, self.bias)
