@@ -80,8 +80,9 @@ def _proj_bwd_fake(grad_H, H, x, V, h0, weight, activation):
 
 # ---------------------------------------------------------------------------- autograd
 # With return_all the output *is* every state, which is all the backward needs. With only h_T
-# returned (direct op calls; the wrappers below prefer return_all when a gradient is needed), the
-# states are recomputed in the backward by one more fused forward.
+# returned (direct op calls; when a gradient is needed the wrappers below go through last_state.py,
+# which keeps the states instead), the states are recomputed in the backward by one more fused
+# forward, and the backward starts from dL/dh_T alone.
 def _grad_states(ctx, grad_out, recompute):
     if ctx.return_all:
         return grad_out.contiguous(), ctx.saved_tensors[-1]
