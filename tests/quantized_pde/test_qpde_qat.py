@@ -117,3 +117,20 @@ def test_per_sample_scaling_with_log_rms_channel(arch, ndim):
         torch.testing.assert_close(qat.convert(copy.deepcopy(q))(x), q(x), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="input_scaling"):
         models.build(arch, ndim, 2, 8, 4, input_scaling="per_channel")
+
+
+@pytest.mark.parametrize("arch,ndim", [("resnet", 2), ("unet", 1), ("fno", 2)])
+def test_convert_fuses_the_following_activation(arch, ndim):
+    """In an nn.Sequential, a conv's GELU/ReLU runs in its Int8Conv's epilogue (the module becomes
+    Identity); the converted model still matches the fake-quant model; tanh-GELU is left alone."""
+    model, q, x = _setup(arch, ndim, 8, 8)
+    converted = qat.convert(copy.deepcopy(q))
+    fused = [m for m in converted.modules() if isinstance(m, qat.Int8Conv) and m.activation == "gelu"]
+    assert fused and any(isinstance(m, torch.nn.Identity) for m in converted.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), q(x), rtol=1e-4, atol=1e-4)
+    seq = torch.nn.Sequential(torch.nn.Conv1d(2, 4, 3, padding=1), torch.nn.GELU(approximate="tanh"))
+    qs = qat.prepare_qat(seq, 8, 8, keep_first_last_8bit=False)
+    qat.calibrate(qs, [torch.randn(2, 2, 16)])
+    plain = qat.convert(qs)
+    assert isinstance(plain[1], torch.nn.GELU) and plain[0].activation == "none"

@@ -11,7 +11,9 @@ train -> convert.
 * ``keep_first_last_8bit``: the first and last conv stay at W8A8 (few channels, most sensitive).
 * :func:`convert` turns every quantised conv into :class:`Int8Conv`, which quantises its input to
   int8 storage and runs :func:`~phasor.quantized_pde.ops.int8_conv2d` (int32 accumulation, fused
-  epilogue). Bit widths below 8 run in int8 containers (emulation, values in the b-bit range).
+  epilogue). A conv followed by ReLU or (erf) GELU in an ``nn.Sequential`` takes the activation
+  into that epilogue and the activation module becomes ``nn.Identity``. Bit widths below 8 run in
+  int8 containers (emulation, values in the b-bit range).
 """
 from __future__ import annotations
 
@@ -141,11 +143,13 @@ def calibrate(model: nn.Module, batches) -> nn.Module:
 
 class Int8Conv(nn.Module):
     """Inference conv on int8 storage: quantise the input (per tensor), int8 weights (per channel),
-    int8_conv2d / int8_conv1d with float bias and float output."""
+    int8_conv2d / int8_conv1d with float bias, the activation of its epilogue ("none", "relu" or
+    "gelu"), and float output."""
 
-    def __init__(self, qc: QuantConv):
+    def __init__(self, qc: QuantConv, activation: str = "none"):
         super().__init__()
         conv = qc.conv
+        self.activation = activation
         self.ndim = conv.weight.dim() - 2
         self.stride, self.dilation = conv.stride, conv.dilation
         self.padding, self.padding_mode = conv.padding, conv.padding_mode
@@ -176,13 +180,40 @@ class Int8Conv(nn.Module):
         fn = ops.int8_conv1d if self.ndim == 1 else ops.int8_conv2d
         args = (q, xs, zp - 128, self.weight, self.w_scale, self.bias)
         if self.ndim == 1:
-            return fn(*args, stride=self.stride[0], padding=pad[0], dilation=self.dilation[0]).to(x.dtype)
-        return fn(*args, stride=list(self.stride), padding=pad, dilation=list(self.dilation)).to(x.dtype)
+            return fn(*args, stride=self.stride[0], padding=pad[0], dilation=self.dilation[0],
+                      activation=self.activation).to(x.dtype)
+        return fn(*args, stride=list(self.stride), padding=pad, dilation=list(self.dilation),
+                  activation=self.activation).to(x.dtype)
+
+    def extra_repr(self):
+        return f"activation={self.activation}" if self.activation != "none" else ""
+
+
+def _epilogue_activation(m: nn.Module) -> str | None:
+    """The int8 epilogue's name for activation module m, or None if the epilogue has no equal."""
+    if type(m) is nn.ReLU:
+        return "relu"
+    if type(m) is nn.GELU and m.approximate == "none":
+        return "gelu"
+    return None
+
+
+def _fuse_activations(model: nn.Module):
+    """conv, act pairs in every nn.Sequential: the conv's Int8Conv runs act in its epilogue."""
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:  # (listed before editing)
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:]):
+            conv, act = seq._modules[a], seq._modules[b]
+            name = _epilogue_activation(act)
+            if isinstance(conv, QuantConv) and name is not None:
+                seq._modules[a] = Int8Conv(conv, activation=name)
+                seq._modules[b] = nn.Identity()
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """Replace every QuantConv by an Int8Conv (in place; returns the model). Spectral weights are
-    stored dequantised from their quantised values (the FFT path is float)."""
+    """Replace every QuantConv by an Int8Conv (in place; returns the model), with the activation
+    that follows it in an nn.Sequential fused into its epilogue. Spectral weights are stored
+    dequantised from their quantised values (the FFT path is float)."""
     def swap(m):
         if isinstance(m, QuantConv):
             return Int8Conv(m)
@@ -192,5 +223,6 @@ def convert(model: nn.Module) -> nn.Module:
             m.weight_bits = None
         return None
 
+    _fuse_activations(model)
     _replace(model, swap)
     return model
