@@ -5,7 +5,9 @@ are needed (the GPU machine has nothing else).
 """
 from __future__ import annotations
 
+import os
 import re
+import sys
 from typing import Callable, Sequence
 
 import pytest
@@ -217,3 +219,17 @@ def misaligned_copy(t: torch.Tensor) -> torch.Tensor:
     view.copy_(t)
     assert view.data_ptr() % 16 != 0
     return view
+
+
+def emulated_cuda_ops(system: str):
+    """The ops of `system` built from its CUDA sources and run on the CPU by tools/cuda_emu:
+    ``emulated_cuda_ops("gta").gta_attention_fwd(...)`` takes CPU tensors and runs the CUDA kernels
+    (thread by thread, warp collectives and tensor-core instructions emulated). Skips the test
+    where the CUDA toolkit's headers are missing; the first call builds (minutes), later ones reuse it."""
+    root = os.path.join(os.path.dirname(__file__), "..", "tools", "cuda_emu")
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import build as cuda_emu_build
+    if not cuda_emu_build.available():
+        pytest.skip("the CUDA toolkit's headers are needed to build the emulated kernels")
+    return getattr(torch.ops, cuda_emu_build.load(system))

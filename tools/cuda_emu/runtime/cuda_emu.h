@@ -3,16 +3,17 @@
 // tools/cuda_emu/translate.py rewrites each .cu file into C++ that includes this header first:
 // kernel launches call cuda_emu::launch, __shared__ variables live in a per-block arena,
 // inline PTX becomes calls into cuda_emu::ptx, and CUDA runtime calls go to cuda_emu::api.
-// Every CUDA thread is a real OS thread, so __syncthreads, warp shuffles, ldmatrix and mma.sync
-// are collective operations among threads that really run concurrently (blocking barriers, not
-// spinning: a block of 256 threads works on a 2-core machine). Blocks of a grid run one cluster
-// at a time; the blocks of one cluster run together and can reach each other's shared memory.
+// Every CUDA thread is a fiber with its own stack; __syncthreads, warp shuffles, ldmatrix and
+// mma.sync are collective operations among them (a fiber waiting at a barrier yields to the
+// next). The blocks of one cluster run together and can reach each other's shared memory;
+// clusters are spread over PHASOR_CUDA_EMU_THREADS OS threads (default: all cores).
 //
 // What the emulation checks: index math, bounds (fresh shared memory and torch.empty outputs are
 // filled with 0xFF bytes, NaN for floats, so a read before a write shows up in the results; an
 // AddressSanitizer build also catches reads past a shared buffer), barrier structure (a thread
-// waiting at a barrier its block never reaches hangs: the launch has a watchdog), fragment
+// waiting at a barrier its block never reaches is reported as a deadlock), fragment
 // layouts of ldmatrix / mma (implemented from the PTX ISA's figures), and the epilogues' math.
+// Errors (a deadlock, a misaligned cp.async, __trap) raise a RuntimeError from the op.
 // What it does not check: timing, occupancy, bank conflicts, and races (a missing barrier may go
 // unnoticed because the threads happen to run in a benign order).
 #pragma once
@@ -41,7 +42,8 @@
 #include <utility>
 #include <vector>
 
-#include <pthread.h>
+#include <sys/mman.h>
+#include <ucontext.h>
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -69,49 +71,46 @@ inline thread_local dim3 blockDim, gridDim;
 
 namespace cuda_emu {
 
-[[noreturn]] inline void fail(const std::string& what) {
-  std::fprintf(stderr, "cuda_emu: %s\n", what.c_str());
-  std::fflush(stderr);
-  std::abort();
-}
+// An error in emulated code: thrown, caught where the thread (fiber) started, and raised by the
+// launch as a RuntimeError in Python.
+[[noreturn]] inline void fail(const std::string& what) { throw std::runtime_error(what); }
+
+// Every CUDA thread is a fiber (ucontext) with its own stack; the fibers of one cluster of blocks
+// run cooperatively on one OS thread, switching only at barriers and warp collectives. Clusters
+// are spread over a few OS threads. A barrier that can never complete (some threads wait, the
+// others have finished or wait elsewhere) is reported at once as a deadlock.
+struct Fiber;
+struct Scheduler;
+inline thread_local Scheduler* tls_sched = nullptr;
+inline thread_local Fiber* tls_fiber = nullptr;
+inline void yield_to_scheduler();
 
 // A reusable barrier whose participants can leave (a thread that returns from the kernel).
 class Barrier {
  public:
   void reset(int n) {
-    std::lock_guard<std::mutex> lk(mu_);
     expected_ = n;
     arrived_ = 0;
   }
-  void arrive_and_wait() {
-    std::unique_lock<std::mutex> lk(mu_);
-    const uint64_t gen = gen_;
-    if (++arrived_ >= expected_) {
-      release();
-      return;
-    }
-    cv_.wait(lk, [&] { return gen_ != gen; });
-  }
+  void arrive_and_wait();
   void drop() {
-    std::lock_guard<std::mutex> lk(mu_);
     --expected_;
     if (arrived_ > 0 && arrived_ >= expected_) release();
   }
+  uint64_t generation() const { return gen_; }
+  const char* name = "barrier";
 
  private:
   void release() {
     arrived_ = 0;
     ++gen_;
-    cv_.notify_all();
   }
-  std::mutex mu_;
-  std::condition_variable cv_;
   int expected_ = 0, arrived_ = 0;
   uint64_t gen_ = 0;
 };
 
 constexpr int kWarp = 32;
-constexpr size_t kSlotBytes = 64;       // per-lane exchange space (mma fragments, ldmatrix addresses)
+constexpr size_t kSlotBytes = 64;          // per-lane exchange space (mma fragments, ldmatrix addresses)
 constexpr size_t kArenaBytes = 320 << 10;  // shared memory per block: dynamic first (<= 227 KB), then the statics
 constexpr size_t kRedzone = 64;
 
@@ -129,7 +128,7 @@ struct Block {
   Cluster* cluster = nullptr;
   Barrier bar;
   std::vector<std::unique_ptr<Warp>> warps;
-  unsigned char* arena = nullptr;  // kArenaBytes + redzones, 128-byte aligned
+  unsigned char* arena = nullptr;  // kArenaBytes + redzone, 128-byte aligned
   size_t dynamic_bytes = 0, static_top = 0;
   std::mutex statics_mu;
   std::map<std::pair<const void*, int>, size_t> statics;  // (instantiation, site) -> arena offset
@@ -148,10 +147,67 @@ struct ThreadCtx {
   int lane;
 };
 
-inline thread_local ThreadCtx* tls_ctx = nullptr;
+struct Fiber {
+  ucontext_t uc;
+  unsigned char* stack = nullptr;
+  ThreadCtx ctx{};
+  bool done = false;
+  const Barrier* waiting_on = nullptr;
+  uint64_t waiting_gen = 0;
+  bool runnable() const { return !done && (!waiting_on || waiting_on->generation() != waiting_gen); }
+};
+
+constexpr size_t kFiberStack = 256 << 10;
+
+struct Scheduler {
+  ucontext_t main;
+  std::vector<std::unique_ptr<Fiber>> fibers;
+  const std::function<void()>* body = nullptr;
+  std::string error;
+#if defined(__SANITIZE_ADDRESS__)
+  void* fake_stack = nullptr;
+  const void* main_stack_bottom = nullptr;
+  size_t main_stack_size = 0;
+#endif
+};
+
 inline ThreadCtx& ctx() {
-  if (!tls_ctx) fail("device code called outside a kernel launch");
-  return *tls_ctx;
+  if (!tls_fiber) fail("device code called outside a kernel launch");
+  return tls_fiber->ctx;
+}
+
+inline void set_builtins(const ThreadCtx& c) {
+  ::threadIdx = c.tid;
+  ::blockIdx = c.bid;
+  ::blockDim = c.bdim;
+  ::gridDim = c.gdim;
+}
+
+inline void yield_to_scheduler() {
+  Scheduler& s = *tls_sched;
+  Fiber* me = tls_fiber;
+#if defined(__SANITIZE_ADDRESS__)
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, s.main_stack_bottom, s.main_stack_size);
+#endif
+  swapcontext(&me->uc, &s.main);
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+  tls_fiber = me;
+  set_builtins(me->ctx);
+}
+
+inline void Barrier::arrive_and_wait() {
+  if (++arrived_ >= expected_) {
+    release();
+    return;
+  }
+  Fiber* f = tls_fiber;
+  f->waiting_on = this;
+  f->waiting_gen = gen_;
+  yield_to_scheduler();
+  f->waiting_on = nullptr;
 }
 
 // ---------------------------------------------------------------- shared memory
@@ -226,11 +282,169 @@ struct LaunchConfig {
   int cluster = 1;
 };
 
-inline void* alloc_arena() {
-  void* p = nullptr;
-  if (posix_memalign(&p, 128, kArenaBytes + kRedzone) != 0) fail("out of memory for a shared arena");
-  return p;
+inline int worker_threads() {
+  static const int n = [] {
+    const char* v = std::getenv("PHASOR_CUDA_EMU_THREADS");
+    const int hw = int(std::thread::hardware_concurrency());
+    return std::max(1, v ? std::atoi(v) : (hw > 0 ? hw : 1));
+  }();
+  return n;
 }
+
+inline void fiber_entry(unsigned lo, unsigned hi) {
+  auto* f = reinterpret_cast<Fiber*>((uintptr_t(hi) << 32) | uintptr_t(lo));
+  Scheduler& s = *tls_sched;
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(nullptr, &s.main_stack_bottom, &s.main_stack_size);
+#endif
+  tls_fiber = f;
+  set_builtins(f->ctx);
+  try {
+    (*s.body)();
+  } catch (const std::exception& e) {
+    if (s.error.empty()) s.error = e.what();
+  }
+  f->done = true;
+  f->ctx.warp->bar.drop();
+  f->ctx.block->bar.drop();
+  f->ctx.block->cluster->bar.drop();
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_start_switch_fiber(nullptr, s.main_stack_bottom, s.main_stack_size);
+#endif
+  // returning resumes uc_link (the scheduler)
+}
+
+// One OS worker: runs whole clusters, one at a time, each as a set of fibers.
+class ClusterRunner {
+ public:
+  ClusterRunner(const LaunchConfig& cfg, const std::function<void()>& body) : cfg_(cfg) {
+    threads_ = int(cfg.block.x * cfg.block.y * cfg.block.z);
+    warps_ = (threads_ + kWarp - 1) / kWarp;
+    sched_.body = &body;
+    for (int r = 0; r < cfg.cluster; ++r) {
+      auto b = std::make_unique<Block>();
+      b->rank = r;
+      b->cluster = &cluster_;
+      void* p = nullptr;
+      if (posix_memalign(&p, 128, kArenaBytes + kRedzone) != 0) fail("out of memory for a shared arena");
+      b->arena = static_cast<unsigned char*>(p);
+      for (int w = 0; w < warps_; ++w) b->warps.push_back(std::make_unique<Warp>());
+      cluster_.blocks.push_back(b.get());
+      blocks_.push_back(std::move(b));
+    }
+    const int P = cfg.cluster * threads_;
+    for (int i = 0; i < P; ++i) {
+      auto f = std::make_unique<Fiber>();
+      void* st = mmap(nullptr, kFiberStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (st == MAP_FAILED) fail("out of memory for fiber stacks");
+      f->stack = static_cast<unsigned char*>(st);
+      sched_.fibers.push_back(std::move(f));
+    }
+  }
+  ~ClusterRunner() {
+    for (auto& b : blocks_) {
+      CUDA_EMU_UNPOISON(b->arena, kArenaBytes + kRedzone);
+      std::free(b->arena);
+    }
+    for (auto& f : sched_.fibers) munmap(f->stack, kFiberStack);
+  }
+
+  // Runs cluster group g (blocks g*C .. g*C+C-1 in linear block order). Returns an error or "".
+  std::string run(int64_t g) {
+    const int C = cfg_.cluster;
+    cluster_.bar.reset(C * threads_);
+    cluster_.bar.name = "cluster barrier";
+    for (int r = 0; r < C; ++r) {
+      Block& b = *blocks_[r];
+      const int64_t lin = g * C + r;
+      b.idx = uint3{unsigned(lin % cfg_.grid.x), unsigned((lin / cfg_.grid.x) % cfg_.grid.y),
+                    unsigned(lin / (int64_t(cfg_.grid.x) * cfg_.grid.y))};
+      b.bar.reset(threads_);
+      b.bar.name = "__syncthreads";
+      for (int w = 0; w < warps_; ++w) {
+        b.warps[w]->lanes = std::min(kWarp, threads_ - w * kWarp);
+        b.warps[w]->bar.reset(b.warps[w]->lanes);
+        b.warps[w]->bar.name = "warp collective";
+      }
+      // Fresh shared memory reads as 0xFF bytes (NaN as float), so a read before a write shows.
+      CUDA_EMU_UNPOISON(b.arena, kArenaBytes + kRedzone);
+      std::memset(b.arena, 0xFF, kArenaBytes);
+      b.dynamic_bytes = cfg_.smem;
+      b.static_top = cfg_.smem + kRedzone;
+      b.statics.clear();
+      CUDA_EMU_POISON(b.arena + cfg_.smem, kArenaBytes + kRedzone - cfg_.smem);
+    }
+    auto& fibers = sched_.fibers;
+    for (size_t i = 0; i < fibers.size(); ++i) {
+      Fiber& f = *fibers[i];
+      const int r = int(i) / threads_, t = int(i) % threads_;
+      Block& b = *blocks_[r];
+      f.done = false;
+      f.waiting_on = nullptr;
+      f.ctx.bdim = cfg_.block;
+      f.ctx.gdim = cfg_.grid;
+      f.ctx.tid = uint3{unsigned(t % cfg_.block.x), unsigned((t / cfg_.block.x) % cfg_.block.y),
+                        unsigned(t / (cfg_.block.x * cfg_.block.y))};
+      f.ctx.bid = b.idx;
+      f.ctx.block = &b;
+      f.ctx.warp = b.warps[t / kWarp].get();
+      f.ctx.lane = t % kWarp;
+      getcontext(&f.uc);
+      f.uc.uc_stack.ss_sp = f.stack;
+      f.uc.uc_stack.ss_size = kFiberStack;
+      f.uc.uc_link = &sched_.main;
+      const auto addr = reinterpret_cast<uintptr_t>(&f);
+      makecontext(&f.uc, reinterpret_cast<void (*)()>(&fiber_entry), 2, unsigned(addr & 0xffffffffu), unsigned(addr >> 32));
+    }
+    tls_sched = &sched_;
+    sched_.error.clear();
+    size_t finished = 0;
+    while (finished < fibers.size()) {
+      bool progressed = false;
+      finished = 0;
+      for (auto& fp : fibers) {
+        Fiber& f = *fp;
+        if (f.done) {
+          ++finished;
+          continue;
+        }
+        if (!f.runnable()) continue;
+        progressed = true;
+        tls_fiber = &f;
+#if defined(__SANITIZE_ADDRESS__)
+        void* fake = nullptr;
+        __sanitizer_start_switch_fiber(&fake, f.stack, kFiberStack);
+#endif
+        swapcontext(&sched_.main, &f.uc);
+#if defined(__SANITIZE_ADDRESS__)
+        __sanitizer_finish_switch_fiber(fake, &sched_.main_stack_bottom, &sched_.main_stack_size);
+#endif
+        tls_fiber = nullptr;
+        if (f.done) ++finished;
+      }
+      if (!progressed && finished < fibers.size()) {
+        std::string where;
+        for (auto& fp : fibers)
+          if (!fp->done && fp->waiting_on) {
+            where = fp->waiting_on->name;
+            break;
+          }
+        tls_sched = nullptr;
+        if (!sched_.error.empty()) return sched_.error;
+        return "deadlock: threads wait at a " + where + " that the rest of their block never reaches";
+      }
+    }
+    tls_sched = nullptr;
+    return sched_.error;
+  }
+
+ private:
+  LaunchConfig cfg_;
+  int threads_ = 0, warps_ = 0;
+  Cluster cluster_;
+  std::vector<std::unique_ptr<Block>> blocks_;
+  Scheduler sched_;
+};
 
 // Runs body() once per CUDA thread of every block. Synchronous: when it returns, the grid is done.
 inline void launch(const LaunchConfig& cfg, const std::function<void()>& body) {
@@ -239,113 +453,31 @@ inline void launch(const LaunchConfig& cfg, const std::function<void()>& body) {
   if (nblocks == 0) return;
   if (threads <= 0 || threads > 1024) fail("launch with " + std::to_string(threads) + " threads per block");
   if (cfg.smem > 232448) fail("dynamic shared memory above the device limit (227 KB)");
-  const int C = cfg.cluster;
-  if (C < 1 || cfg.grid.x % C != 0) fail("grid.x is not a multiple of the cluster size");
-  const int warps = (threads + kWarp - 1) / kWarp;
-
-  Cluster cluster;
-  std::vector<std::unique_ptr<Block>> blocks;
-  for (int r = 0; r < C; ++r) {
-    auto b = std::make_unique<Block>();
-    b->rank = r;
-    b->cluster = &cluster;
-    b->arena = static_cast<unsigned char*>(alloc_arena());
-    for (int w = 0; w < warps; ++w) b->warps.push_back(std::make_unique<Warp>());
-    cluster.blocks.push_back(b.get());
-    blocks.push_back(std::move(b));
-  }
-  const int P = C * threads;
-  Barrier start, end;
-  start.reset(P);
-  end.reset(P);
-
-  // Prepares cluster group g (blocks g*C .. g*C+C-1 in linear order): fresh poisoned shared memory.
-  auto prepare = [&](int64_t g) {
-    cluster.bar.reset(P);
-    for (int r = 0; r < C; ++r) {
-      Block& b = *blocks[r];
-      const int64_t lin = g * C + r;
-      b.idx = uint3{unsigned(lin % cfg.grid.x), unsigned((lin / cfg.grid.x) % cfg.grid.y),
-                    unsigned(lin / (int64_t(cfg.grid.x) * cfg.grid.y))};
-      b.bar.reset(threads);
-      for (int w = 0; w < warps; ++w) {
-        b.warps[w]->lanes = std::min(kWarp, threads - w * kWarp);
-        b.warps[w]->bar.reset(b.warps[w]->lanes);
+  if (cfg.cluster < 1 || cfg.grid.x % unsigned(cfg.cluster) != 0) fail("grid.x is not a multiple of the cluster size");
+  const int64_t groups = nblocks / cfg.cluster;
+  const int W = int(std::min<int64_t>(worker_threads(), groups));
+  std::atomic<int64_t> next{0};
+  std::mutex err_mu;
+  std::string error;
+  auto work = [&] {
+    ClusterRunner runner(cfg, body);
+    for (int64_t g; (g = next.fetch_add(1)) < groups;) {
+      std::string e = runner.run(g);
+      if (!e.empty()) {
+        std::lock_guard<std::mutex> lk(err_mu);
+        if (error.empty()) error = e;
+        next = groups;  // stop handing out work
       }
-      CUDA_EMU_UNPOISON(b.arena, kArenaBytes + kRedzone);
-      std::memset(b.arena, 0xFF, kArenaBytes);
-      b.dynamic_bytes = cfg.smem;
-      b.static_top = cfg.smem + kRedzone;
-      b.statics.clear();
-      CUDA_EMU_POISON(b.arena + cfg.smem, kArenaBytes + kRedzone - cfg.smem);
     }
   };
-  prepare(0);
-  const int64_t groups = nblocks / C;
-  std::atomic<bool> failed{false};
-  std::string failure;
-  std::mutex failure_mu;
-
-  auto worker = [&](int slot) {
-    const int r = slot / threads, t = slot % threads;
-    ThreadCtx c{};
-    c.bdim = cfg.block;
-    c.gdim = cfg.grid;
-    c.tid = uint3{unsigned(t % cfg.block.x), unsigned((t / cfg.block.x) % cfg.block.y),
-                  unsigned(t / (cfg.block.x * cfg.block.y))};
-    c.lane = t % kWarp;
-    tls_ctx = &c;
-    for (int64_t g = 0; g < groups; ++g) {
-      start.arrive_and_wait();
-      Block& b = *blocks[r];
-      c.block = &b;
-      c.bid = b.idx;
-      ::threadIdx = c.tid;
-      ::blockIdx = c.bid;
-      ::blockDim = c.bdim;
-      ::gridDim = c.gdim;
-      c.warp = b.warps[t / kWarp].get();
-      try {
-        body();
-      } catch (const std::exception& e) {
-        std::lock_guard<std::mutex> lk(failure_mu);
-        failed = true;
-        failure = e.what();
-      }
-      c.warp->bar.drop();
-      b.bar.drop();
-      cluster.bar.drop();
-      end.arrive_and_wait();
-      if (slot == 0 && g + 1 < groups) prepare(g + 1);
-    }
-    tls_ctx = nullptr;
-  };
-
-  std::vector<pthread_t> ids(P);
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setstacksize(&attr, size_t(4) << 20);
-  struct Arg {
-    decltype(worker)* w;
-    int slot;
-  };
-  std::vector<Arg> args(P);
-  for (int s = 0; s < P; ++s) {
-    args[s] = Arg{&worker, s};
-    const int rc = pthread_create(&ids[s], &attr, [](void* p) -> void* {
-      auto* a = static_cast<Arg*>(p);
-      (*a->w)(a->slot);
-      return nullptr;
-    }, &args[s]);
-    if (rc != 0) fail("pthread_create failed (" + std::to_string(P) + " threads)");
+  if (W <= 1) {
+    work();
+  } else {
+    std::vector<std::thread> pool;
+    for (int i = 0; i < W; ++i) pool.emplace_back(work);
+    for (auto& t : pool) t.join();
   }
-  pthread_attr_destroy(&attr);
-  for (auto& id : ids) pthread_join(id, nullptr);
-  for (auto& b : blocks) {
-    CUDA_EMU_UNPOISON(b->arena, kArenaBytes + kRedzone);
-    std::free(b->arena);
-  }
-  if (failed) throw std::runtime_error("cuda_emu: exception in a kernel: " + failure);
+  if (!error.empty()) throw std::runtime_error("cuda_emu: " + error);
 }
 
 // Dynamic shared memory opt-in per kernel (cudaFuncSetAttribute), checked at launch as the driver does.
@@ -432,6 +564,27 @@ T atomicAdd(T* p, T v) {
 template <typename T>
 T __ldg(const T* p) {
   return *p;
+}
+
+// CUDA's math library overloads these for float in the global namespace (device code calls
+// nearbyint(x) on a float and gets a float); <cmath> puts those overloads in std only.
+using std::abs, std::acos, std::asin, std::atan, std::atan2, std::ceil, std::cos, std::cosh, std::erf, std::exp,
+    std::exp2, std::expm1, std::fabs, std::floor, std::fma, std::fmax, std::fmin, std::fmod, std::hypot, std::isfinite,
+    std::isinf, std::isnan, std::log, std::log1p, std::log2, std::lrint, std::nearbyint, std::pow, std::rint,
+    std::round, std::signbit, std::sin, std::sinh, std::sqrt, std::tan, std::tanh, std::trunc, std::copysign;
+
+// CUDA's global min / max for arithmetic types (mixed types promote as CUDA's overloads do).
+template <typename A, typename B, typename = std::enable_if_t<std::is_arithmetic_v<A> && std::is_arithmetic_v<B>>>
+inline std::common_type_t<A, B> max(A a, B b) {
+  using C = std::common_type_t<A, B>;
+  if constexpr (std::is_floating_point_v<C>) return std::fmax(C(a), C(b));  // fmaxf: NaN-ignoring
+  else return C(a) < C(b) ? C(b) : C(a);
+}
+template <typename A, typename B, typename = std::enable_if_t<std::is_arithmetic_v<A> && std::is_arithmetic_v<B>>>
+inline std::common_type_t<A, B> min(A a, B b) {
+  using C = std::common_type_t<A, B>;
+  if constexpr (std::is_floating_point_v<C>) return std::fmin(C(a), C(b));
+  else return C(b) < C(a) ? C(b) : C(a);
 }
 
 inline float __expf(float x) { return std::exp(x); }
