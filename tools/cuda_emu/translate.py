@@ -244,6 +244,8 @@ def rewrite_asm(text: str, path: str) -> str:
 def translate(text: str, path: str, namespace: str) -> str:
     text = text.replace("__CUDA_ARCH__", "PHASOR_EMU_CUDA_ARCH")
     text = re.sub(r"\bcuda(" + "|".join(API) + r")\s*\(", r"::cuda_emu::api::cuda\1(", text)
+    # The emulated ops take CPU tensors (get_device() == -1); they stand for tensors on device 0.
+    text = re.sub(r"\b([\w.]+)\.get_device\(\)", r"::cuda_emu::api::emu_device(\1.get_device())", text)
     text = rewrite_asm(text, path)
     text = rewrite_shared(text, path)
     text = rewrite_launches(text)

@@ -8,6 +8,9 @@ constexpr int kSMs = 132;
 constexpr int kSmemOptin = 232448;  // 227 KB per block
 constexpr int kSmemPerSM = 233472;
 
+// A tensor's device index as the host code sees it: the CPU tensors of an emulated op are device 0.
+inline int emu_device(int64_t d) { return d < 0 ? 0 : int(d); }
+
 inline cudaError_t cudaGetDevice(int* d) {
   *d = 0;
   return cudaSuccess;
