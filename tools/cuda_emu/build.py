@@ -33,6 +33,8 @@ SYSTEMS = {
     "gta": ["gta/gta_cuda.cu", "gta/gta_cuda_mma.cu", "gta/gta_cuda_mma_bwd.cu", "gta/gta_schema.cpp"],
     "quantized_pde": ["quantized_pde/qpde_cuda.cu", "quantized_pde/qpde_int8_conv_cuda.cu",
                       "quantized_pde/qpde_schema.cpp"],
+    # The emulator's own checks (tests/cuda_emu/test_cuda_emu_runtime.py); a path outside csrc/.
+    "selftest": ["../tests/cuda_emu/selftest_kernels.cu"],
 }
 
 
@@ -75,8 +77,12 @@ def load(system: str, verbose: bool = False) -> str:
             _write_if_changed(src / rel, translate(path.read_text(), str(rel), namespace))
     sources = []
     for rel in SYSTEMS[system]:
+        if rel.startswith("../"):  # outside csrc: translate it on its own
+            text, rel = translate((CSRC / rel).read_text(), rel, namespace), Path(rel).name
+        else:
+            text = (src / rel).read_text()
         cpp = src / (rel[:-3] + "_emu.cpp" if rel.endswith(".cu") else rel)
-        _write_if_changed(cpp, (src / rel).read_text())
+        _write_if_changed(cpp, text)
         sources.append(str(cpp))
     main = src / f"{system}_emu_library.cpp"
     _write_if_changed(main, f"#include <torch/library.h>\nTORCH_LIBRARY({namespace}, m) {{}}\n")
