@@ -4,6 +4,7 @@
 // They are ordinary CUDA (they also compile with nvcc) and only ever run under the emulator.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
@@ -55,6 +56,22 @@ __global__ void misuse_kernel(int mode, float* out) {
 at::Tensor emu_misuse(const at::Tensor& like, int64_t mode) {
   auto out = at::zeros({32}, like.options());
   misuse_kernel<<<1, 32, 0, c10::cuda::getCurrentCUDAStream()>>>(int(mode), out.mutable_data_ptr<float>());
+  return out;
+}
+
+// Reverses x within a block through shared memory; `with_barrier` false drops the barrier between
+// the writes and the reads (a race that the forward or reverse schedule must expose).
+__global__ void reverse_kernel(const float* x, float* out, bool with_barrier) {
+  __shared__ float buf[128];
+  buf[threadIdx.x] = x[threadIdx.x];
+  if (with_barrier) __syncthreads();
+  out[threadIdx.x] = buf[blockDim.x - 1 - threadIdx.x];
+}
+
+at::Tensor emu_reverse(const at::Tensor& x, bool with_barrier) {
+  auto out = at::empty_like(x);
+  reverse_kernel<<<1, unsigned(x.numel()), 0, c10::cuda::getCurrentCUDAStream()>>>(
+      x.const_data_ptr<float>(), out.mutable_data_ptr<float>(), with_barrier);
   return out;
 }
 
@@ -159,6 +176,7 @@ at::Tensor emu_cluster_ring(const at::Tensor& like, int64_t blocks) {
 TORCH_LIBRARY_FRAGMENT(phasor, m) {
   m.def("emu_block_sum(Tensor x) -> Tensor");
   m.def("emu_misuse(Tensor like, int mode) -> Tensor");
+  m.def("emu_reverse(Tensor x, bool with_barrier) -> Tensor");
   m.def("emu_mma(Tensor a, Tensor bt) -> Tensor");
   m.def("emu_mma_s8(Tensor a, Tensor bt) -> Tensor");
   m.def("emu_cluster_ring(Tensor like, int blocks) -> Tensor");
@@ -169,5 +187,6 @@ TORCH_LIBRARY_IMPL(phasor, CUDA, m) {
   m.impl("emu_mma", &emu_mma);
   m.impl("emu_mma_s8", &emu_mma_s8);
   m.impl("emu_misuse", &emu_misuse);
+  m.impl("emu_reverse", &emu_reverse);
   m.impl("emu_cluster_ring", &emu_cluster_ring);
 }

@@ -30,6 +30,15 @@ def test_deadlock_is_an_error_not_a_hang(emu):
         emu.emu_misuse(torch.empty(0), 1)
 
 
+@pytest.mark.parametrize("schedule", ["forward", "reverse", "shuffle"])
+def test_every_schedule_runs_correct_code_and_one_exposes_a_missing_barrier(emu, schedule, monkeypatch):
+    monkeypatch.setenv("PHASOR_CUDA_EMU_SCHEDULE", schedule)
+    x = torch.arange(128, dtype=torch.float32)
+    assert torch.equal(emu.emu_reverse(x, True), x.flip(0))
+    if schedule == "forward":  # thread 0 runs to its end before thread 127 has written
+        assert not torch.equal(emu.emu_reverse(x, False), x.flip(0))
+
+
 def test_ldmatrix_and_fp16_mma_give_the_matrix_product(emu):
     g = torch.Generator().manual_seed(1)
     a = torch.randn(16, 16, generator=g).half()

@@ -22,7 +22,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <array>
+#include <random>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -282,6 +284,17 @@ struct LaunchConfig {
   int cluster = 1;
 };
 
+enum class Schedule { kForward, kReverse, kShuffle };
+// PHASOR_CUDA_EMU_SCHEDULE=forward (default) | reverse | shuffle, read at each launch.
+inline Schedule schedule() {
+  const char* v = std::getenv("PHASOR_CUDA_EMU_SCHEDULE");
+  const std::string name = v ? v : "forward";
+  if (name == "reverse") return Schedule::kReverse;
+  if (name == "shuffle") return Schedule::kShuffle;
+  if (name != "forward") fail("PHASOR_CUDA_EMU_SCHEDULE must be forward, reverse or shuffle");
+  return Schedule::kForward;
+}
+
 inline int worker_threads() {
   static const int n = [] {
     const char* v = std::getenv("PHASOR_CUDA_EMU_THREADS");
@@ -398,12 +411,20 @@ class ClusterRunner {
     }
     tls_sched = &sched_;
     sched_.error.clear();
+    // The order fibers run in, each from one barrier to the next: forward (thread 0 first),
+    // reverse, or shuffled per pass. A missing barrier shows up as wrong results in one of them
+    // (a reader running ahead of its writer, or a writer overwriting what a reader still needs).
+    const Schedule sched = schedule();
+    std::vector<size_t> order(fibers.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = sched == Schedule::kReverse ? order.size() - 1 - i : i;
+    std::mt19937_64 rng(uint64_t(g) * 0x9E3779B97F4A7C15ull + 1);
     size_t finished = 0;
     while (finished < fibers.size()) {
       bool progressed = false;
       finished = 0;
-      for (auto& fp : fibers) {
-        Fiber& f = *fp;
+      if (sched == Schedule::kShuffle) std::shuffle(order.begin(), order.end(), rng);
+      for (size_t idx : order) {
+        Fiber& f = *fibers[idx];
         if (f.done) {
           ++finished;
           continue;
