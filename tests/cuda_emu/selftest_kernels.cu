@@ -75,6 +75,26 @@ at::Tensor emu_reverse(const at::Tensor& x, bool with_barrier) {
   return out;
 }
 
+// Thread 0 reads x[offset] (global memory) or dynamic shared element `offset` of a 64-float buffer:
+// out-of-bounds offsets are for the AddressSanitizer build to catch.
+__global__ void read_at_kernel(const float* x, int64_t offset, bool shared, float* out) {
+  extern __shared__ float dyn[];
+  if (shared) {
+    dyn[threadIdx.x] = 1.f;
+    __syncthreads();
+    if (threadIdx.x == 0) out[0] = dyn[offset];
+  } else if (threadIdx.x == 0) {
+    out[0] = x[offset];
+  }
+}
+
+at::Tensor emu_read_at(const at::Tensor& x, int64_t offset, bool shared) {
+  auto out = at::empty({1}, x.options());
+  read_at_kernel<<<1, 64, 64 * sizeof(float), c10::cuda::getCurrentCUDAStream()>>>(
+      x.const_data_ptr<float>(), offset, shared, out.mutable_data_ptr<float>());
+  return out;
+}
+
 // One warp: A (16x16, fp16, row-major) through ldmatrix.x4, B (16x8, given as B^T 8x16 row-major)
 // through ldmatrix.x2-as-x4 halves, one mma.sync m16n8k16, C (16x8 float) stored by its layout.
 __global__ void mma_kernel(const __half* a, const __half* bt, float* c) {
@@ -177,6 +197,7 @@ TORCH_LIBRARY_FRAGMENT(phasor, m) {
   m.def("emu_block_sum(Tensor x) -> Tensor");
   m.def("emu_misuse(Tensor like, int mode) -> Tensor");
   m.def("emu_reverse(Tensor x, bool with_barrier) -> Tensor");
+  m.def("emu_read_at(Tensor x, int offset, bool shared) -> Tensor");
   m.def("emu_mma(Tensor a, Tensor bt) -> Tensor");
   m.def("emu_mma_s8(Tensor a, Tensor bt) -> Tensor");
   m.def("emu_cluster_ring(Tensor like, int blocks) -> Tensor");
@@ -188,5 +209,6 @@ TORCH_LIBRARY_IMPL(phasor, CUDA, m) {
   m.impl("emu_mma_s8", &emu_mma_s8);
   m.impl("emu_misuse", &emu_misuse);
   m.impl("emu_reverse", &emu_reverse);
+  m.impl("emu_read_at", &emu_read_at);
   m.impl("emu_cluster_ring", &emu_cluster_ring);
 }
