@@ -10,7 +10,7 @@ BUILD_STAMP := $(VENV)/.phasor-built
 PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: all venv build test test-fast bench wheel cuda-check repro clean
+.PHONY: all venv build test test-fast bench wheel cuda-check cuda-emu cuda-emu-strict repro clean
 
 all: test
 
@@ -48,6 +48,18 @@ wheel: venv
 # Compile every .cu file for sm_80 and sm_90a without linking (works with a CPU-only torch).
 cuda-check: venv
 	bash tools/cuda_check.sh $(PY)
+
+# Run the CUDA kernels' own source on the CPU (tools/cuda_emu) against the CPU ops: no GPU needed.
+cuda-emu: build
+	$(PY) -m pytest -q -ra -m cuda_emu tests
+
+# The same with the fibers run in reverse and shuffled order between barriers (missing barriers),
+# then under AddressSanitizer (out-of-bounds reads and writes). Slow; worth it before a GPU session.
+cuda-emu-strict: build
+	@for s in reverse shuffle; do echo "== schedule $$s"; PHASOR_CUDA_EMU_SCHEDULE=$$s $(PY) -m pytest -q -ra -m cuda_emu tests || exit 1; done
+	@echo "== AddressSanitizer"
+	PHASOR_CUDA_EMU_ASAN=1 ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD=$$(gcc -print-file-name=libasan.so) \
+	  $(PY) -m pytest -q -ra -m cuda_emu tests
 
 # `make repro REPROS=wave-rnn` runs one; each job resumes from its checkpoints.
 REPROS ?= rotating-features wave-rnn complex-rnn gta quantized-pde
