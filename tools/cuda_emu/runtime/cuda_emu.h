@@ -149,6 +149,14 @@ struct ThreadCtx {
   int lane;
 };
 
+// One cp.async in flight: its source bytes (read at issue) land in shared memory only when a
+// cp.async.wait_group retires its group (or the thread exits), as on the GPU.
+struct CpAsyncCopy {
+  unsigned char* dst;
+  int bytes;
+  unsigned char data[16];
+};
+
 struct Fiber {
   ucontext_t uc;
   unsigned char* stack = nullptr;
@@ -156,6 +164,15 @@ struct Fiber {
   bool done = false;
   const Barrier* waiting_on = nullptr;
   uint64_t waiting_gen = 0;
+  std::vector<CpAsyncCopy> cp_open;                 // issued since the last commit_group
+  std::vector<std::vector<CpAsyncCopy>> cp_groups;  // committed, oldest first
+  // Lands every committed group but the `keep` most recent (cp.async.wait_group keep).
+  void cp_land(size_t keep) {
+    while (cp_groups.size() > keep) {
+      for (const CpAsyncCopy& c : cp_groups.front()) std::memcpy(c.dst, c.data, size_t(c.bytes));
+      cp_groups.erase(cp_groups.begin());
+    }
+  }
   bool runnable() const { return !done && (!waiting_on || waiting_on->generation() != waiting_gen); }
 };
 
@@ -312,11 +329,16 @@ inline void fiber_entry(unsigned lo, unsigned hi) {
 #endif
   tls_fiber = f;
   set_builtins(f->ctx);
+  f->cp_open.clear();
+  f->cp_groups.clear();
   try {
     (*s.body)();
   } catch (const std::exception& e) {
     if (s.error.empty()) s.error = e.what();
   }
+  f->cp_groups.push_back(std::move(f->cp_open));  // copies still in flight land after the thread exits
+  f->cp_land(0);
+  f->cp_open.clear();
   f->done = true;
   f->ctx.warp->bar.drop();
   f->ctx.block->bar.drop();

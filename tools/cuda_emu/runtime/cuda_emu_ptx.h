@@ -5,17 +5,26 @@
 
 namespace cuda_emu::ptx {
 
-// cp.async: a plain synchronous copy (commit / wait are then no-ops). `src_bytes` < `bytes`
-// zero-fills the rest, as the instruction's src-size operand does.
+// cp.async: the source is read at issue, but the bytes reach shared memory only when
+// cp.async.wait_group retires their commit group (a read of the stage before its wait sees the
+// 0xFF fill or the slot's previous contents). `src_bytes` < `bytes` zero-fills the rest, as the
+// instruction's src-size operand does.
 inline void cp_async(uint32_t dst, const void* src, int bytes, int src_bytes) {
   unsigned char* d = from_shared(dst, size_t(bytes));
   if (reinterpret_cast<uintptr_t>(src) % size_t(bytes) != 0 && src_bytes > 0) fail("cp.async: misaligned global source");
   if (dst % unsigned(bytes) != 0) fail("cp.async: misaligned shared destination");
-  if (src_bytes > 0) std::memcpy(d, src, size_t(src_bytes));
-  if (src_bytes < bytes) std::memset(d + src_bytes, 0, size_t(bytes - src_bytes));
+  if (bytes > 16 || src_bytes > bytes) fail("cp.async: more than 16 bytes");
+  CpAsyncCopy c{d, bytes, {}};
+  if (src_bytes > 0) std::memcpy(c.data, src, size_t(src_bytes));
+  if (src_bytes < bytes) std::memset(c.data + src_bytes, 0, size_t(bytes - src_bytes));
+  tls_fiber->cp_open.push_back(c);
 }
-inline void cp_async_commit() {}
-inline void cp_async_wait(int) {}
+inline void cp_async_commit() {
+  Fiber& f = *tls_fiber;
+  f.cp_groups.push_back(std::move(f.cp_open));
+  f.cp_open.clear();
+}
+inline void cp_async_wait(int n) { tls_fiber->cp_land(size_t(n)); }
 
 template <int N>
 inline void st_shared(uint32_t addr, const uint32_t (&v)[N]) {
