@@ -497,6 +497,7 @@ inline void launch(const LaunchConfig& cfg, const std::function<void()>& body) {
   if (threads <= 0 || threads > 1024) fail("launch with " + std::to_string(threads) + " threads per block");
   if (cfg.smem > 232448) fail("dynamic shared memory above the device limit (227 KB)");
   if (cfg.cluster < 1 || cfg.grid.x % unsigned(cfg.cluster) != 0) fail("grid.x is not a multiple of the cluster size");
+  (void)schedule();  // a bad PHASOR_CUDA_EMU_SCHEDULE raises here, not in a worker thread (std::terminate)
   const int64_t groups = nblocks / cfg.cluster;
   const int W = int(std::min<int64_t>(worker_threads(), groups));
   std::atomic<int64_t> next{0};
