@@ -213,3 +213,20 @@ def test_kernels_repeat_bitwise(emu, monkeypatch):
         monkeypatch.setenv(ENV, kernel)
         first, second = (_plain(emu, d, "tanh", True, False) for _ in range(2))
         assert all(torch.equal(a, b) for a, b in zip(first, second)), kernel
+
+
+@pytest.mark.parametrize("schedule", ["reverse", "shuffle"])
+@pytest.mark.parametrize("kernel", ["auto", "block"])
+def test_other_thread_orders(emu, kernel, schedule, monkeypatch):
+    """The threads run between barriers in reverse or shuffled order (PHASOR_CUDA_EMU_SCHEDULE): a missing
+    barrier (a reader ahead of its writer, a writer overwriting what another thread still reads) would
+    change the results. The fast backward's two teams (c = 24), 16-bit staging, and the fused projection."""
+    monkeypatch.setenv("PHASOR_CUDA_EMU_SCHEDULE", schedule)
+    for shape, dtype in (((3, 2, 5, 7, 3), torch.float32), ((2, 1, 24, 25, 3), torch.float32),
+                         ((2, 2, 3, 8, 3), torch.bfloat16)):
+        d = _case(*shape, dtype, seed=sum(shape) + 2)
+        _run_plain(emu, d, "tanh", True, False, kernel, monkeypatch)
+        _run_plain(emu, d, "relu", False, True, kernel, monkeypatch)
+    d = _case(3, 2, 5, 7, 3, torch.float32, seed=9, n_inp=3)
+    _compare(_proj(emu, d, "tanh", True, False), _proj(torch.ops.phasor, d, "tanh", True, False, cpu=True),
+             torch.float32, f"proj {schedule}")
