@@ -100,10 +100,11 @@ def _run_plain(emu, d, act, return_all, last_only, kernel, monkeypatch):
 # fast kernels' CM = 32 instantiation), n % 4 == 0 (16-byte staging and vector stores) and not, f = 5
 # (block kernels under auto too), T = 1; c = 32 with 25 tiles over 8 forward / 4 backward groups; c = 1,
 # n = 1030: 258 tiles over 256 threads; c = 10: c * c * f + c > 256 weight-gradient tasks, so the block
-# backward has one j-slice (js = 1), where small models get several.
+# backward has one j-slice (js = 1), where small models get several; T = 7, 8 > kStages = 5: the fast
+# kernels' cp.async input ring wraps around (a slot refilled before its last read would show).
 SHAPES = [(3, 2, 5, 7, 3), (2, 2, 3, 8, 3), (3, 1, 1, 5, 3), (2, 2, 3, 2, 3), (1, 2, 4, 9, 3),
           (2, 1, 16, 70, 3), (2, 1, 24, 25, 3), (2, 2, 17, 12, 3), (2, 1, 32, 100, 3), (2, 1, 1, 1030, 3),
-          (2, 3, 10, 13, 3), (3, 2, 3, 7, 5), (2, 1, 5, 4, 5), (2, 1, 9, 33, 5)]
+          (2, 3, 10, 13, 3), (3, 2, 3, 7, 5), (2, 1, 5, 4, 5), (2, 1, 9, 33, 5), (8, 1, 5, 8, 3), (7, 1, 24, 9, 3)]
 
 
 @pytest.mark.parametrize("kernel", ["auto", "block"])
@@ -126,7 +127,7 @@ def test_plain_ops_float64(emu, shape, kernel, monkeypatch):
 
 @pytest.mark.parametrize("kernel", ["auto", "block"])
 @pytest.mark.parametrize("dtype", LOW)
-@pytest.mark.parametrize("shape", [(3, 2, 5, 7, 3), (2, 2, 3, 8, 3), (2, 1, 17, 9, 3), (2, 2, 3, 5, 5)])
+@pytest.mark.parametrize("shape", [(3, 2, 5, 7, 3), (2, 2, 3, 8, 3), (2, 1, 17, 9, 3), (2, 2, 3, 5, 5), (7, 1, 3, 16, 3)])
 def test_plain_ops_16_bit_storage(emu, shape, dtype, kernel, monkeypatch):
     """n = 8 in 16-bit: 16-byte staging rows; n = 7, 9: synchronous staging (no 4-byte cp.async of 2-byte values)."""
     d = _case(*shape, dtype, seed=sum(shape) + 1)
@@ -139,7 +140,7 @@ def test_fast_kernels_with_unaligned_inputs(emu, dtype, monkeypatch):
     """Inputs one element past a 16-byte boundary with n % 8 == 0: the fast path stages element-wise
     (float32: 4-byte cp.async) or synchronously (16-bit) instead of 16-byte copies."""
     monkeypatch.setenv(ENV, "auto")
-    d = _case(3, 2, 5, 8, 3, dtype, seed=4)
+    d = _case(7, 2, 5, 8, 3, dtype, seed=4)
     H = torch.ops.phasor.wave_rnn_fwd(_cpu(d["u"]), d["weight"], d["bias"], _cpu(d["h0"]), "tanh", True)
     mis = {k: misaligned_copy(d[k]) for k in ("u", "h0", "gH")}
     got = [emu.wave_rnn_fwd(mis["u"], d["weight"], d["bias"], mis["h0"], "tanh", True),
@@ -222,8 +223,8 @@ def test_other_thread_orders(emu, kernel, schedule, monkeypatch):
     barrier (a reader ahead of its writer, a writer overwriting what another thread still reads) would
     change the results. The fast backward's two teams (c = 24), 16-bit staging, and the fused projection."""
     monkeypatch.setenv("PHASOR_CUDA_EMU_SCHEDULE", schedule)
-    for shape, dtype in (((3, 2, 5, 7, 3), torch.float32), ((2, 1, 24, 25, 3), torch.float32),
-                         ((2, 2, 3, 8, 3), torch.bfloat16)):
+    for shape, dtype in (((7, 2, 5, 7, 3), torch.float32), ((7, 1, 24, 25, 3), torch.float32),
+                         ((7, 2, 3, 8, 3), torch.bfloat16)):
         d = _case(*shape, dtype, seed=sum(shape) + 2)
         _run_plain(emu, d, "tanh", True, False, kernel, monkeypatch)
         _run_plain(emu, d, "relu", False, True, kernel, monkeypatch)
