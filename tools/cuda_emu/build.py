@@ -9,6 +9,7 @@ torch.utils.cpp_extension rebuild only what changed. PHASOR_CUDA_EMU_ASAN=1 adds
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -94,9 +95,17 @@ def load(system: str, verbose: bool = False) -> str:
         flags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
         ldflags += ["-fsanitize=address"]
     build_dir = out / "obj"
+    # ninja compares times only: an object compiled while the runtime changed would look current.
+    # A changed runtime (or translator) gets a clean object directory instead.
+    stamp = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((HERE / "runtime").rglob("*.h")))
+                           + (HERE / "translate.py").read_bytes()).hexdigest()
+    stamp_file = out / "runtime.sha256"
+    if not stamp_file.exists() or stamp_file.read_text() != stamp:
+        shutil.rmtree(build_dir, ignore_errors=True)
     build_dir.mkdir(parents=True, exist_ok=True)
     cpp_ext.load(name=namespace, sources=sources, extra_cflags=flags, extra_ldflags=ldflags,
                  extra_include_paths=[str(HERE / "runtime"), str(src), cuda_include()],
                  build_directory=str(build_dir), is_python_module=False, with_cuda=False, verbose=verbose)
+    stamp_file.write_text(stamp)
     load._loaded = {**getattr(load, "_loaded", {}), system: True}
     return namespace
