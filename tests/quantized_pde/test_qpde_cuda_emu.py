@@ -18,6 +18,8 @@ erff in float against the CPU's double evaluation (a few float ulp), and (b) the
 unfused `float(acc) * mult + bias`, which nvcc contracts on a GPU but the emulator's host compiler
 does not (1 rounding). An int8 output may then differ by 1 code, and only where y / out_scale lies
 within float rounding of a .5 tie (checked, not assumed)."""
+import os
+
 import pytest
 import torch
 
@@ -29,6 +31,11 @@ from phasor.quantized_pde import ops
 pytestmark = [pytest.mark.cuda_emu, pytest.mark.slow]
 
 CPU = torch.ops.phasor
+# Under the AddressSanitizer build (make cuda-emu-strict) a C++ exception thrown by host code after
+# a launch has run fibers aborts the whole process (seen here with and without libstdc++ preloaded),
+# so the tests that expect an op to raise are skipped there.
+raising = pytest.mark.skipif(os.environ.get("PHASOR_CUDA_EMU_ASAN") == "1",
+                             reason="a host-code C++ exception after a launch aborts under the emulator's ASan build")
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +178,7 @@ def test_fake_quant_per_channel_many_rows(emu, base_cpu_build):
         torch.testing.assert_close(e[1], c[1], **_sum_tol(torch.float32))
 
 
+@raising
 def test_fake_quant_rejects_16_bit(emu):
     x = torch.randn(5, dtype=torch.float16)
     one = torch.ones(1, dtype=torch.float16)
@@ -341,7 +349,8 @@ def test_int8_conv_auto_matches_cpu(emu, monkeypatch, geom):
         _assert_conv_matches(_conv(emu, *args, output, 0.2, 1), _conv(CPU, *args, output, 0.2, 1), "relu", "auto")
 
 
-def test_int8_conv_env_var_and_empty_batch(emu, monkeypatch):
+@raising
+def test_int8_conv_env_var(emu, monkeypatch):
     x, w, ws, bias, st, pad, dil = _conv_case(MMA_GEOMS[0], 18)
     monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", "cutlass")
     with pytest.raises(ValueError, match="PHASOR_QPDE_CUDA_KERNEL"):
@@ -352,6 +361,10 @@ def test_int8_conv_env_var_and_empty_batch(emu, monkeypatch):
     monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", "mma3x3")
     with pytest.raises(ValueError, match="mma3x3"):
         _conv(emu, x, 0.03, 0, w, ws, bias, [2, 2], pad, dil)
+
+
+def test_int8_conv_empty_batch(emu, monkeypatch):
+    x, w, ws, bias, st, pad, dil = _conv_case(MMA_GEOMS[0], 18)
     for k in ("auto", "mma", "mma3x3", "dp4a"):
         monkeypatch.setenv("PHASOR_QPDE_CUDA_KERNEL", k)
         e = _conv(emu, x[:0], 0.03, 1, w, ws, bias, st, pad, dil, "relu", "int8", 0.1, 0)
