@@ -58,7 +58,7 @@ cuda-emu: build
 cuda-emu-strict: build
 	@for s in reverse shuffle; do echo "== schedule $$s"; PHASOR_CUDA_EMU_SCHEDULE=$$s $(PY) -m pytest -q -ra -m cuda_emu tests || exit 1; done
 	@echo "== AddressSanitizer"
-	PHASOR_CUDA_EMU_ASAN=1 ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD=$$(gcc -print-file-name=libasan.so) \
+	PHASOR_CUDA_EMU_ASAN=1 ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
 	  $(PY) -m pytest -q -ra -m cuda_emu tests
 
 # `make repro REPROS=wave-rnn` runs one; each job resumes from its checkpoints.

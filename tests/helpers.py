@@ -221,15 +221,38 @@ def misaligned_copy(t: torch.Tensor) -> torch.Tensor:
     return view
 
 
+class _NanFilledOps:
+    """An op namespace whose calls run with PyTorch's deterministic mode on (warnings only), under
+    which at::empty fills new memory with NaN: an output element (or scratch) that no emulated
+    thread writes, or a read of one, then shows up in the results."""
+
+    def __init__(self, ns):
+        self._ns = ns
+
+    def __getattr__(self, name):
+        op = getattr(self._ns, name)
+
+        def call(*args, **kwargs):
+            prev = torch.are_deterministic_algorithms_enabled()
+            prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            try:
+                return op(*args, **kwargs)
+            finally:
+                torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+        return call
+
+
 def emulated_cuda_ops(system: str):
     """The ops of `system` built from its CUDA sources and run on the CPU by tools/cuda_emu:
     ``emulated_cuda_ops("gta").gta_attention_fwd(...)`` takes CPU tensors and runs the CUDA kernels
-    (thread by thread, warp collectives and tensor-core instructions emulated). Skips the test
-    where the CUDA toolkit's headers are missing; the first call builds (minutes), later ones reuse it."""
+    (thread by thread, warp collectives and tensor-core instructions emulated). Fresh shared memory
+    and every at::empty the host code makes are NaN-filled. Skips the test where the CUDA toolkit's
+    headers are missing; the first call builds (minutes), later ones reuse it."""
     root = os.path.join(os.path.dirname(__file__), "..", "tools", "cuda_emu")
     if root not in sys.path:
         sys.path.insert(0, root)
     import build as cuda_emu_build
     if not cuda_emu_build.available():
         pytest.skip("the CUDA toolkit's headers are needed to build the emulated kernels")
-    return getattr(torch.ops, cuda_emu_build.load(system))
+    return _NanFilledOps(getattr(torch.ops, cuda_emu_build.load(system)))

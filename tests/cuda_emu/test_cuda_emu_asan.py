@@ -28,10 +28,12 @@ print("no report", flush=True)
 
 
 def asan_env():
-    lib = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
-    if not lib or not os.path.isabs(lib) or not os.path.exists(lib):
-        pytest.skip("libasan not found (gcc -print-file-name=libasan.so)")
-    return {**os.environ, "PHASOR_CUDA_EMU_ASAN": "1", "LD_PRELOAD": lib, "ASAN_OPTIONS": "detect_leaks=0"}
+    # libstdc++ too: with libasan alone preloaded, any C++ exception (a TORCH_CHECK) aborts.
+    libs = [subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+            for name in ("libasan.so", "libstdc++.so")]
+    if not all(lib and os.path.isabs(lib) and os.path.exists(lib) for lib in libs):
+        pytest.skip("libasan / libstdc++ not found (gcc -print-file-name=...)")
+    return {**os.environ, "PHASOR_CUDA_EMU_ASAN": "1", "LD_PRELOAD": " ".join(libs), "ASAN_OPTIONS": "detect_leaks=0"}
 
 
 @pytest.mark.parametrize("offset,space", [(100, "global"), (-1, "global"), (64, "shared")])

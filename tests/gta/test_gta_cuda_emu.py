@@ -40,19 +40,6 @@ def emu():
     return emulated_cuda_ops("gta")
 
 
-@pytest.fixture(autouse=True)
-def nan_filled_empty():
-    """at::empty (outputs and scratch of the ops' host code) returns NaN-filled memory under deterministic
-    mode, so an element that no thread writes, or a read of one, shows up as NaN (cuda_emu itself fills
-    only fresh shared memory)."""
-    prev = torch.are_deterministic_algorithms_enabled()
-    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    assert torch.utils.deterministic.fill_uninitialized_memory
-    yield
-    torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
-
-
 def _case(dtype, d, B, H, Nq, Nk, Vq, Vk, mask, seed=0, dims=None):
     """Inputs in `dtype` (geometry float32), the float64 trans_coeff leaf and its SE(3) blocks (for dtc)."""
     dims = list(dims or SPLITS[d])

@@ -8,9 +8,10 @@
 // next). The blocks of one cluster run together and can reach each other's shared memory;
 // clusters are spread over PHASOR_CUDA_EMU_THREADS OS threads (default: all cores).
 //
-// What the emulation checks: index math, bounds (fresh shared memory and torch.empty outputs are
-// filled with 0xFF bytes, NaN for floats, so a read before a write shows up in the results; an
-// AddressSanitizer build also catches reads past a shared buffer), barrier structure (a thread
+// What the emulation checks: index math, bounds (fresh shared memory is filled with 0xFF bytes,
+// NaN for floats, and tests/helpers.py runs the ops with at::empty NaN-filled, so a read before a
+// write shows up in the results; an AddressSanitizer build also catches reads past a tensor or a
+// shared buffer), barrier structure (a thread
 // waiting at a barrier its block never reaches is reported as a deadlock), fragment
 // layouts of ldmatrix / mma (implemented from the PTX ISA's figures), and the epilogues' math.
 // Errors (a deadlock, a misaligned cp.async, __trap) raise a RuntimeError from the op.
