@@ -461,7 +461,8 @@ class ClusterRunner {
 #endif
         swapcontext(&sched_.main, &f.uc);
 #if defined(__SANITIZE_ADDRESS__)
-        __sanitizer_finish_switch_fiber(fake, &sched_.main_stack_bottom, &sched_.main_stack_size);
+        // (its out-parameters would give the fiber's stack, not this one's: not wanted here)
+        __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
         tls_fiber = nullptr;
         if (f.done) ++finished;
