@@ -63,8 +63,11 @@ void fq_row(const T* x, T* y, int64_t n, T s, T z, T qmin, T qmax) {
 
 // grad_x (straight through inside the range), and returns the row's sums of grad * d x_hat/d s
 // (without the LSQ factor) and grad * d x_hat/d z.
+// No FMA contraction here: the AVX2 / AVX-512 builds (-mfma, GNU dialect) would fuse the fake-quant
+// product into the `xfq - x` that follows, rounding d x_hat / d s differently from the reference and
+// the CUDA kernel (which keeps that product separate with __fmul_rn).
 template <typename T>
-void fq_row_bwd(const T* g, const T* x, T* gx, int64_t n, T s, T z, T qmin, T qmax, double* ds_sum,
+__attribute__((optimize("fp-contract=off"))) void fq_row_bwd(const T* g, const T* x, T* gx, int64_t n, T s, T z, T qmin, T qmax, double* ds_sum,
                 double* dz_sum) {
   const T inv = T(1) / s;
   const T ds_lo = qmin - z, ds_hi = qmax - z;

@@ -9,10 +9,8 @@ counts, sizes that are not multiples of the tiles, misaligned and non-contiguous
 
 Tolerances. Fake quant: forward and grad_x are elementwise and bit-exact; the scale / zero-point
 gradients are double sums in a different (but fixed) order, so they agree to double rounding and,
-stored as float32, to 1 ulp. They are compared with the CPU op's `base` build: its AVX2 / AVX-512
-builds (-mfma) contract (xfq - x) in the LSQ scale gradient into an FMA, which the CUDA kernel
-avoids on purpose (__fmul_rn) to match the reference's separate rounding; against those builds
-per-channel grad_scale differs by up to ~2.5e-6 relative. Int8 conv: accumulators are exact integers; the float epilogue
+stored as float32, to 1 ulp, under every CPU kernel build (the CPU backward keeps the fake-quant
+product unfused, as the CUDA kernel does with __fmul_rn). Int8 conv: accumulators are exact integers; the float epilogue
 fmaf(acc - corr, mult, bias) is the CPU's contracted line bit for bit, except (a) GELU: CUDA's
 erff in float against the CPU's double evaluation (a few float ulp), and (b) the dp4a kernel's
 unfused `float(acc) * mult + bias`, which nvcc contracts on a GPU but the emulator's host compiler
@@ -22,9 +20,8 @@ within float rounding of a .5 tie (checked, not assumed)."""
 import pytest
 import torch
 
-from helpers import emulated_cuda_ops, misaligned_copy
+from helpers import cpu_isa, emulated_cuda_ops, misaligned_copy  # noqa: F401  (cpu_isa: fixture)
 
-import phasor
 from phasor.quantized_pde import ops
 
 pytestmark = [pytest.mark.cuda_emu, pytest.mark.slow]
@@ -33,15 +30,6 @@ CPU = torch.ops.phasor
 @pytest.fixture(scope="module")
 def emu():
     return emulated_cuda_ops("quantized_pde")
-
-
-@pytest.fixture
-def base_cpu_build():
-    """The CPU op's portable build (no -mfma contractions), restoring the previous choice afterwards."""
-    before = phasor._C.cpu_isa()
-    assert phasor._C.set_cpu_isa("base")
-    yield
-    phasor._C.set_cpu_isa(before)
 
 
 # ---------------------------------------------------------------------------------- fake quant
@@ -72,7 +60,7 @@ def _assert_equal(e, c, what):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
 @pytest.mark.parametrize("shape,signed", [((7,), False), ((3, 5, 9), True), ((2, 4100), False)])
-def test_fake_quant_per_tensor(emu, base_cpu_build, shape, signed, bits, dtype):
+def test_fake_quant_per_tensor(emu, cpu_isa, shape, signed, bits, dtype):
     """(2, 4100) spans three 4096-element partial blocks, the last one partial."""
     x, s, z, qmin, qmax, cot = _fq_tensor_case(shape, dtype, bits, signed, seed=bits)
     _assert_equal(emu.fake_quant_per_tensor(x, s, z, qmin, qmax, 0.37), CPU.fake_quant_per_tensor(x, s, z, qmin, qmax),
@@ -85,7 +73,7 @@ def test_fake_quant_per_tensor(emu, base_cpu_build, shape, signed, bits, dtype):
         torch.testing.assert_close(e[i], c[i], **_sum_tol(dtype), msg=lambda m: f"{name}: {m}")
 
 
-def test_fake_quant_per_tensor_many_partials(emu, base_cpu_build):
+def test_fake_quant_per_tensor_many_partials(emu, cpu_isa):
     """> 256 partial blocks: the final sum kernel's threads add several partials each. Also a
     non-contiguous x and grad (both ops copy them to contiguous first)."""
     x, s, z, qmin, qmax, cot = _fq_tensor_case((260, 4099), torch.float32, 8, False, seed=20)
@@ -99,7 +87,7 @@ def test_fake_quant_per_tensor_many_partials(emu, base_cpu_build):
         torch.testing.assert_close(e[i], c[i], **_sum_tol(torch.float32))
 
 
-def test_fake_quant_non_finite_inputs(emu, base_cpu_build):
+def test_fake_quant_non_finite_inputs(emu, cpu_isa):
     """NaN passes through the clamp in both; +-inf clip (zero grad_x, edge scale gradient)."""
     x, s, z, qmin, qmax, cot = _fq_tensor_case((5, 7), torch.float32, 4, False, seed=22)
     x[0, :3] = torch.tensor([float("inf"), -float("inf"), float("nan")])
@@ -133,7 +121,7 @@ def _fq_channel_case(shape, axis, dtype, bits, seed=0):
 
 @pytest.mark.parametrize("dtype,bits", [(torch.float32, b) for b in range(2, 9)] + [(torch.float64, 3), (torch.float64, 8)])
 @pytest.mark.parametrize("shape,axis", [((3, 5, 9), 1), ((4, 7), 0), ((2, 3, 13), -1), ((2, 3, 17, 19), 1)])
-def test_fake_quant_per_channel(emu, base_cpu_build, shape, axis, bits, dtype):
+def test_fake_quant_per_channel(emu, cpu_isa, shape, axis, bits, dtype):
     """inner 1 (axis -1: one element per row, 78 one-block rows), inner 323 > 256 threads (several
     elements per thread)."""
     x, s, qmin, qmax, cot = _fq_channel_case(shape, axis, dtype, bits, seed=bits)
@@ -145,7 +133,7 @@ def test_fake_quant_per_channel(emu, base_cpu_build, shape, axis, bits, dtype):
     torch.testing.assert_close(e[1], c[1], **_sum_tol(dtype))
 
 
-def test_fake_quant_per_channel_many_rows(emu, base_cpu_build):
+def test_fake_quant_per_channel_many_rows(emu, cpu_isa):
     """260 outer rows per channel (> 256: a thread of the column sum adds several partials) and a
     non-contiguous x."""
     x, s, qmin, qmax, cot = _fq_channel_case((260, 2, 3), 1, torch.float32, 4, seed=21)
