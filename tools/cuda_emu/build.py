@@ -63,13 +63,18 @@ def _write_if_changed(path: Path, text: str) -> None:
         path.write_text(text)
 
 
-def load(system: str, verbose: bool = False) -> str:
-    """Build (if needed) and load the emulated CUDA ops of `system`; returns their op namespace."""
-    namespace = f"phasor_emu_{system}"
-    if hasattr(torch.ops, namespace) and getattr(load, "_loaded", {}).get(system):
+def load(system: str, verbose: bool = False, override_cpu: bool = False) -> str:
+    """Build (if needed) and load the emulated CUDA ops of `system`; returns their op namespace.
+
+    override_cpu=True registers them as phasor's own CPU kernels instead (namespace "phasor"): every
+    caller of torch.ops.phasor.* on CPU tensors in this process (wrappers, autograd, models, bench
+    cases) then runs the CUDA kernels. There is no way back, so do it in a process of its own."""
+    namespace = "phasor" if override_cpu else f"phasor_emu_{system}"
+    key = (system, override_cpu)
+    if getattr(load, "_loaded", {}).get(key):
         return namespace
     asan = os.environ.get("PHASOR_CUDA_EMU_ASAN") == "1"
-    out = ROOT / "build" / "cuda_emu" / (system + ("_asan" if asan else ""))
+    out = ROOT / "build" / "cuda_emu" / (system + ("_override" if override_cpu else "") + ("_asan" if asan else ""))
     src = out / "src"
     # Translate every header (kernels include shared device headers) and the system's sources.
     for path in CSRC.rglob("*"):
@@ -85,9 +90,10 @@ def load(system: str, verbose: bool = False) -> str:
         cpp = src / (rel[:-3] + "_emu.cpp" if rel.endswith(".cu") else rel)
         _write_if_changed(cpp, text)
         sources.append(str(cpp))
-    main = src / f"{system}_emu_library.cpp"
-    _write_if_changed(main, f"#include <torch/library.h>\nTORCH_LIBRARY({namespace}, m) {{}}\n")
-    sources.append(str(main))
+    if not override_cpu:
+        main = src / f"{system}_emu_library.cpp"
+        _write_if_changed(main, f"#include <torch/library.h>\nTORCH_LIBRARY({namespace}, m) {{}}\n")
+        sources.append(str(main))
     flags = ["-O1", "-std=c++20", "-fno-strict-aliasing", "-pthread", "-Wno-attributes", "-Wno-unused-variable",
              "-Wno-unused-function", "-DPHASOR_CUDA_EMU=1"]
     ldflags = ["-pthread"]
@@ -103,9 +109,9 @@ def load(system: str, verbose: bool = False) -> str:
     if not stamp_file.exists() or stamp_file.read_text() != stamp:
         shutil.rmtree(build_dir, ignore_errors=True)
     build_dir.mkdir(parents=True, exist_ok=True)
-    cpp_ext.load(name=namespace, sources=sources, extra_cflags=flags, extra_ldflags=ldflags,
+    cpp_ext.load(name=f"phasor_emu_{system}" + ("_override" if override_cpu else ""), sources=sources, extra_cflags=flags, extra_ldflags=ldflags,
                  extra_include_paths=[str(HERE / "runtime"), str(src), cuda_include()],
                  build_directory=str(build_dir), is_python_module=False, with_cuda=False, verbose=verbose)
     stamp_file.write_text(stamp)
-    load._loaded = {**getattr(load, "_loaded", {}), system: True}
+    load._loaded = {**getattr(load, "_loaded", {}), key: True}
     return namespace

@@ -10,6 +10,8 @@ Each rewrite is local and mechanical, so the emulated program is the kernel sour
   TORCH_LIBRARY_IMPL(phasor, CUDA, m)          ->  TORCH_LIBRARY_IMPL(<namespace>, CPU, m)
   TORCH_LIBRARY_FRAGMENT(phasor, m)            ->  TORCH_LIBRARY_FRAGMENT(<namespace>, m)
   TORCH_LIBRARY_IMPL(phasor, CPU, m)           ->  an unused function (the CPU kernels are not part of the emulation)
+With namespace "phasor" (build.load(..., override_cpu=True)) the CUDA kernels are registered as phasor's
+CPU kernels instead, and the schema fragments are dropped.
 An unknown PTX instruction or an unparsable launch is an error, never silently skipped.
 """
 from __future__ import annotations
@@ -249,12 +251,17 @@ def translate(text: str, path: str, namespace: str) -> str:
     text = rewrite_asm(text, path)
     text = rewrite_shared(text, path)
     text = rewrite_launches(text)
-    text = re.sub(r"TORCH_LIBRARY_IMPL\(\s*phasor\s*,\s*CUDA\s*,\s*m\s*\)", f"TORCH_LIBRARY_IMPL({namespace}, CPU, m)", text)
-    text = re.sub(r"TORCH_LIBRARY_FRAGMENT\(\s*phasor\s*,\s*m\s*\)", f"TORCH_LIBRARY_FRAGMENT({namespace}, m)", text)
     counter = iter(range(1_000_000))
-    text = re.sub(r"TORCH_LIBRARY_IMPL\(\s*phasor\s*,\s*(\w+)\s*,\s*m\s*\)",
-                  lambda mm: f"[[maybe_unused]] static void phasor_emu_unused_{mm.group(1)}_{next(counter)}(torch::Library& m)",
-                  text)
+
+    def unused(kind):
+        return lambda mm: f"[[maybe_unused]] static void phasor_emu_unused_{kind}_{next(counter)}(torch::Library& m)"
+    # Other dispatch keys' registrations (the CPU kernels) are not part of the emulation.
+    text = re.sub(r"TORCH_LIBRARY_IMPL\(\s*phasor\s*,\s*(?!CUDA\b)(\w+)\s*,\s*m\s*\)", unused("impl"), text)
+    text = re.sub(r"TORCH_LIBRARY_IMPL\(\s*phasor\s*,\s*CUDA\s*,\s*m\s*\)", f"TORCH_LIBRARY_IMPL({namespace}, CPU, m)", text)
+    if namespace == "phasor":  # override mode: phasor's schemas exist already, the CUDA kernels replace the CPU ones
+        text = re.sub(r"TORCH_LIBRARY_FRAGMENT\(\s*phasor\s*,\s*m\s*\)", unused("schema"), text)
+    else:
+        text = re.sub(r"TORCH_LIBRARY_FRAGMENT\(\s*phasor\s*,\s*m\s*\)", f"TORCH_LIBRARY_FRAGMENT({namespace}, m)", text)
     text = re.sub(r"m\.set_python_module\([^;]*\);", "", text)
     if path.endswith((".cu", ".cuh")):
         text = '#include "cuda_emu.h"\n' + text
