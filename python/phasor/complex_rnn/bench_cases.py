@@ -60,12 +60,16 @@ def _case(device, N, coupling):
         impls["eager_dense"] = lambda: _loop(dense_step)(x0.reshape(B, -1))
 
     def check():
-        # complex128: the fused run equals the eager separable reference (phases of a 200-step unstable
-        # recurrence are compared where they are well conditioned: the state itself, max |x| = 1)
-        x64, om64 = x0.to(torch.complex128), omega.double()
-        got = ops.cvrnn_run(x64, om64, alpha, sigma, S, mask=mask, save_start=S)[:, 0]
-        want = reference.run_separable_ref(x64, om64, mask, alpha, sigma, S, True, S, S + 1)[:, 0]
-        return bool((got - want).abs().max() <= 1e-9)
+        # The timed run itself (complex64, the only dtype of the CUDA kernel) against the complex128
+        # separable reference: its error must be within twice that of the eager complex64 loop, plus
+        # 8 float32 ulps of max |x| = 1 (the 200-step recurrence is well conditioned in the state
+        # itself: both errors are ~1e-7..4e-6). complex128 exactness is tested in tests/complex_rnn.
+        x128, om128 = x0.to(torch.complex128), omega.double()
+        want = reference.run_separable_ref(x128, om128, mask, alpha, sigma, S, True, S, S + 1)[:, 0]
+        got = impls["fused"]()[:, 0].to(torch.complex128)
+        eager = impls["eager"]().to(torch.complex128)
+        err, err_eager = (got - want).abs().max(), (eager - want).abs().max()
+        return bool(err <= 2 * err_eager + 8 * torch.finfo(torch.float32).eps)
     note = f"{N}x{N} B={B} S={S} complex64, {coupling} coupling (alpha {alpha}, sigma {sigma}{', masked' if masked else ''})"
     return Case(impls, check, note=note)
 

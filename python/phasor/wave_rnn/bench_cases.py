@@ -101,7 +101,9 @@ def _last_state_case(device, T, B, c, n, K):
     def check():
         g_all = torch.autograd.grad(impls["fused"](), leaves, cot)
         g_ckpt = torch.autograd.grad(impls[f"fused ckpt{K}"](), leaves, cot)
-        return outputs_close(g_ckpt, g_all, rtol=1e-6, atol=1e-6)
+        # Relative to each gradient's largest entry: dW and db sum T*B*n terms, and the segmented
+        # backward adds them in another order (elementwise 1e-6 fails on small entries of dW on CUDA).
+        return scaled_close(g_ckpt, g_all, 1e-6)
     note = f"T={T} B={B} c={c} n={n}; loss on h_T only; ckpt{K}: every {K}th state kept, segments recomputed"
     return Case(runners, check, note=note)
 
