@@ -2,7 +2,7 @@
 CPU kernels, at the benchmark's own sizes: the launch configurations, grid sizes, shared-memory
 budgets and kernel choices that the small tests do not reach.
 
-    python tools/cuda_emu/bench_checks.py [--systems gta,wave_rnn] [--json bench/results/cuda_emu/bench_checks.json]
+    python tools/cuda_emu/bench_checks.py [--systems gta,wave_rnn] [--cases REGEX] [--json bench/results/cuda_emu/bench_checks.json]
 
 Each system runs in a process of its own (build.load(..., override_cpu=True) cannot be undone):
 the case factories build their CPU inputs, torch.ops.phasor.* then runs the emulated CUDA kernels,
@@ -15,6 +15,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -25,8 +26,9 @@ ROOT = HERE.parents[1]
 SYSTEMS = ("rotating_features", "wave_rnn", "complex_rnn", "gta", "quantized_pde")
 
 
-def run_system(system: str) -> list[dict]:
-    """In this process: swap in the emulated kernels, then check every case of `system`."""
+def run_system(system: str, cases: str, out: Path) -> None:
+    """In this process: swap in the emulated kernels, then check every case of `system` whose name
+    matches `cases`, rewriting `out` after each (a run cut short keeps what it finished)."""
     import torch
     sys.path.insert(0, str(HERE))
     import build
@@ -36,6 +38,8 @@ def run_system(system: str) -> list[dict]:
     torch.manual_seed(0)
     results = []
     for spec in list(registry._CASES):
+        if not re.search(cases, spec.name):
+            continue
         t0 = time.time()
         try:
             ok = bool(spec.factory("cpu").check())
@@ -46,7 +50,7 @@ def run_system(system: str) -> list[dict]:
                             seconds=round(time.time() - t0, 1)))
         print(f"{spec.op:24s} {spec.name:40s} {'ok' if ok else 'FAILED'} {results[-1]['seconds']:7.1f} s {error}",
               flush=True)
-    return results
+        out.write_text(json.dumps(results))
 
 
 def main() -> int:
@@ -54,23 +58,27 @@ def main() -> int:
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "cuda_emu" / "bench_checks.json"))
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per system")
+    ap.add_argument("--cases", default="", help="regular expression on case names (default: all)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(run_system(args.child)), file=open(args.json, "w"))
+        run_system(args.child, args.cases, Path(args.json))
         return 0
     records = []
     for system in args.systems.split(","):
         tmp = Path(args.json).with_suffix(f".{system}.tmp")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         print(f"== {system}", flush=True)
+        tmp.write_text("[]")
         try:
-            run = subprocess.run([sys.executable, __file__, "--child", system, "--json", str(tmp)], cwd=ROOT,
-                                 timeout=args.timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-            records += json.loads(tmp.read_text()) if run.returncode == 0 else [
-                dict(system=system, op="*", case="*", correct=False, error=f"process exited with {run.returncode}")]
+            run = subprocess.run([sys.executable, __file__, "--child", system, "--json", str(tmp), "--cases", args.cases],
+                                 cwd=ROOT, timeout=args.timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            error = "" if run.returncode == 0 else f"process exited with {run.returncode} after the cases above"
         except subprocess.TimeoutExpired:
-            records.append(dict(system=system, op="*", case="*", correct=False, error=f"over {args.timeout} s"))
+            error = f"over {args.timeout} s: the remaining cases did not run"
+        records += json.loads(tmp.read_text())
+        if error:
+            records.append(dict(system=system, op="*", case="*", correct=False, error=error))
         tmp.unlink(missing_ok=True)
     import platform
     Path(args.json).write_text(json.dumps(dict(
