@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from helpers import emulated_cuda_ops
+from test_cvrnn_cuda_kernels import node_inputs as _inputs  # same seeded inputs as the GPU tests
 
 pytestmark = [pytest.mark.cuda_emu, pytest.mark.slow]
 
@@ -28,16 +29,6 @@ LOCAL, GLOBAL = 0.0313, 0.9  # band coupling; near-global coupling (the low-rank
 @pytest.fixture(scope="module")
 def emu():
     return emulated_cuda_ops("complex_rnn")
-
-
-def _inputs(shape, seed=0, masked=True):
-    B, H, W = shape
-    g = torch.Generator().manual_seed(seed)
-    x0 = torch.polar(torch.rand(B, H, W, generator=g, dtype=torch.float64) + 0.5,
-                     2 * math.pi * torch.rand(B, H, W, generator=g, dtype=torch.float64))
-    omega = torch.randn(B, H, W, generator=g, dtype=torch.float64)
-    mask = torch.rand(B, H, W, generator=g) > 0.3 if masked else None
-    return x0.to(torch.complex64), omega.float(), mask
 
 
 def _set_kernel(monkeypatch, kernel, cluster):
