@@ -69,6 +69,8 @@ def load(system: str, verbose: bool = False, override_cpu: bool = False) -> str:
     override_cpu=True registers them as phasor's own CPU kernels instead (namespace "phasor"): every
     caller of torch.ops.phasor.* on CPU tensors in this process (wrappers, autograd, models, bench
     cases) then runs the CUDA kernels. There is no way back, so do it in a process of its own."""
+    if system not in SYSTEMS:
+        raise ValueError(f"cuda_emu: system must be one of {', '.join(SYSTEMS)}, got {system!r}")
     namespace = "phasor" if override_cpu else f"phasor_emu_{system}"
     key = (system, override_cpu)
     if getattr(load, "_loaded", {}).get(key):
