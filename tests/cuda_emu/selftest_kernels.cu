@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace {
@@ -191,6 +192,29 @@ at::Tensor emu_cluster_ring(const at::Tensor& like, int64_t blocks) {
   return out;
 }
 
+// One warp with known memory costs, for the profile (tools/cuda_emu/runtime/cuda_emu_profile.h):
+// a coalesced load (4 sectors), a load with `stride` floats between lanes, a shared store with
+// the same stride (banks (stride * lane) % 32), a float4 load (16 sectors, 16-byte accesses),
+// a broadcast shared read, and a coalesced store.
+__global__ void access_pattern_kernel(const float* x, int stride, float* out) {
+  __shared__ float tile[32 * 33];
+  const int t = threadIdx.x;
+  const float a = x[t];
+  const float b = x[t * stride];
+  tile[(t * stride) % (32 * 33)] = a + b;
+  const float4 v = reinterpret_cast<const float4*>(x)[t];
+  __syncthreads();
+  out[t] = tile[(t * stride) % (32 * 33)] + tile[0] + v.x + v.w;
+}
+
+at::Tensor emu_access_pattern(const at::Tensor& x, int64_t stride) {
+  TORCH_CHECK(x.numel() >= 32 * std::max<int64_t>(stride, 4), "emu_access_pattern: x is too short for the stride");
+  auto out = at::empty({32}, x.options());
+  access_pattern_kernel<<<1, 32, 0, c10::cuda::getCurrentCUDAStream()>>>(x.const_data_ptr<float>(), int(stride),
+                                                                         out.mutable_data_ptr<float>());
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(phasor, m) {
@@ -201,6 +225,7 @@ TORCH_LIBRARY_FRAGMENT(phasor, m) {
   m.def("emu_mma(Tensor a, Tensor bt) -> Tensor");
   m.def("emu_mma_s8(Tensor a, Tensor bt) -> Tensor");
   m.def("emu_cluster_ring(Tensor like, int blocks) -> Tensor");
+  m.def("emu_access_pattern(Tensor x, int stride) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(phasor, CUDA, m) {
@@ -211,4 +236,5 @@ TORCH_LIBRARY_IMPL(phasor, CUDA, m) {
   m.impl("emu_reverse", &emu_reverse);
   m.impl("emu_read_at", &emu_read_at);
   m.impl("emu_cluster_ring", &emu_cluster_ring);
+  m.impl("emu_access_pattern", &emu_access_pattern);
 }

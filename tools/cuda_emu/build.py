@@ -5,7 +5,8 @@
 
 Every call translates csrc/ afresh into build/cuda_emu/<system>/src (translate.py) and lets
 torch.utils.cpp_extension rebuild only what changed. PHASOR_CUDA_EMU_ASAN=1 adds AddressSanitizer
-(the process must then preload libasan: see tests/cuda_emu/conftest.py).
+(the process must then preload libasan: see tests/cuda_emu/conftest.py). PHASOR_CUDA_EMU_PROFILE=FILE
+builds the profiling flavour instead (runtime/cuda_emu_profile.h; profile.py drives it).
 """
 from __future__ import annotations
 
@@ -76,7 +77,11 @@ def load(system: str, verbose: bool = False, override_cpu: bool = False) -> str:
     if getattr(load, "_loaded", {}).get(key):
         return namespace
     asan = os.environ.get("PHASOR_CUDA_EMU_ASAN") == "1"
-    out = ROOT / "build" / "cuda_emu" / (system + ("_override" if override_cpu else "") + ("_asan" if asan else ""))
+    profile = bool(os.environ.get("PHASOR_CUDA_EMU_PROFILE"))
+    if asan and profile:
+        raise ValueError("cuda_emu: PHASOR_CUDA_EMU_ASAN and PHASOR_CUDA_EMU_PROFILE cannot be combined")
+    flavour = ("_override" if override_cpu else "") + ("_asan" if asan else "") + ("_profile" if profile else "")
+    out = ROOT / "build" / "cuda_emu" / (system + flavour)
     src = out / "src"
     # Translate every header (kernels include shared device headers) and the system's sources.
     for path in CSRC.rglob("*"):
@@ -102,6 +107,14 @@ def load(system: str, verbose: bool = False, override_cpu: bool = False) -> str:
     if asan:
         flags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
         ldflags += ["-fsanitize=address"]
+    if profile:
+        # Every load and store becomes a call the profile records (kernel-address mode needs no
+        # runtime library). -O0 keeps each source-level access as written: no merged or widened
+        # accesses, and a read-modify-write stays a load and a store.
+        flags = [f for f in flags if f != "-O1"] + [
+            "-O0", "-g", "-fno-omit-frame-pointer", "-DCUDA_EMU_PROFILE=1", "-fsanitize=kernel-address",
+            "--param", "asan-instrumentation-with-call-threshold=0", "--param", "asan-stack=0",
+            "--param", "asan-globals=0"]
     build_dir = out / "obj"
     # ninja compares times only: an object compiled while the runtime changed would look current.
     # A changed runtime (or translator) gets a clean object directory instead.
@@ -111,7 +124,7 @@ def load(system: str, verbose: bool = False, override_cpu: bool = False) -> str:
     if not stamp_file.exists() or stamp_file.read_text() != stamp:
         shutil.rmtree(build_dir, ignore_errors=True)
     build_dir.mkdir(parents=True, exist_ok=True)
-    cpp_ext.load(name=f"phasor_emu_{system}" + ("_override" if override_cpu else ""), sources=sources, extra_cflags=flags, extra_ldflags=ldflags,
+    cpp_ext.load(name=f"phasor_emu_{system}" + flavour, sources=sources, extra_cflags=flags, extra_ldflags=ldflags,
                  extra_include_paths=[str(HERE / "runtime"), str(src), cuda_include()],
                  build_directory=str(build_dir), is_python_module=False, with_cuda=False, verbose=verbose)
     stamp_file.write_text(stamp)

@@ -28,6 +28,12 @@ class TranslateError(RuntimeError):
     pass
 
 
+def _same_lines(old: str, new: str) -> str:
+    """`new` padded with the newlines it lacks against `old`: every rewrite keeps the source's line
+    numbers (compiler messages and the profile's source lines point into the original file)."""
+    return new + "\n" * max(0, old.count("\n") - new.count("\n"))
+
+
 def _match_forward(text: str, i: int, open_ch: str, close_ch: str) -> int:
     """Index just past the bracket that closes text[i] (== open_ch), skipping string literals."""
     depth, j = 0, i
@@ -109,7 +115,7 @@ def rewrite_launches(text: str) -> str:
         close = _match_forward(text, k, "(", ")")
         args = text[k + 1:close - 1].strip()
         call = f"::cuda_emu::Launch({cfg})({kernel}{', ' + args if args else ''})"
-        text = text[:start] + call + text[close:]
+        text = text[:start] + _same_lines(text[start:close], call) + text[close:]
     return text
 
 
@@ -118,7 +124,7 @@ _STATIC = re.compile(r"__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([^;]+);")
 
 
 def rewrite_shared(text: str, path: str) -> str:
-    text = _DYN.sub(lambda m: f"{m.group(1)}* {m.group(2)} = ::cuda_emu::dynamic_shared<{m.group(1)}>();", text)
+    text = _DYN.sub(lambda m: _same_lines(m.group(0), f"{m.group(1)}* {m.group(2)} = ::cuda_emu::dynamic_shared<{m.group(1)}>();"), text)
 
     def static(m: re.Match) -> str:
         decl = m.group(1)
@@ -135,7 +141,7 @@ def rewrite_shared(text: str, path: str) -> str:
             site = zlib.crc32(f"{path}:{m.start()}:{dm.group(1)}".encode()) & 0x7FFFFFFF
             dims = dm.group(2).replace(" ", "")
             out.append(f"auto& {dm.group(1)} = ::cuda_emu::static_shared<{ctype}{dims}>(__PRETTY_FUNCTION__, {site});")
-        return " ".join(out)
+        return _same_lines(m.group(0), " ".join(out))
 
     text = _STATIC.sub(static, text)
     if "__shared__" in text:
@@ -239,7 +245,7 @@ def rewrite_asm(text: str, path: str) -> str:
         end = close
         if text[end:end + 1] == ";":
             end += 1
-        text = text[:m.start()] + "; ".join(calls) + ";" + text[end:]
+        text = text[:m.start()] + _same_lines(text[m.start():end], "; ".join(calls) + ";") + text[end:]
     return text
 
 
@@ -264,5 +270,5 @@ def translate(text: str, path: str, namespace: str) -> str:
         text = re.sub(r"TORCH_LIBRARY_FRAGMENT\(\s*phasor\s*,\s*m\s*\)", f"TORCH_LIBRARY_FRAGMENT({namespace}, m)", text)
     text = re.sub(r"m\.set_python_module\([^;]*\);", "", text)
     if path.endswith((".cu", ".cuh")):
-        text = '#include "cuda_emu.h"\n' + text
+        text = f'#include "cuda_emu.h"\n#line 1 "{path}"\n' + text
     return text

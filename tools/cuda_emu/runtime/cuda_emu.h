@@ -43,13 +43,18 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include <sys/mman.h>
 #include <ucontext.h>
 
-#if defined(__SANITIZE_ADDRESS__)
+// (The profile flavour's kernel-address instrumentation defines __SANITIZE_ADDRESS__ too.)
+#if defined(__SANITIZE_ADDRESS__) && !defined(CUDA_EMU_PROFILE)
+#define CUDA_EMU_ASAN 1
+#endif
+#if defined(CUDA_EMU_ASAN)
 #include <sanitizer/asan_interface.h>
 #define CUDA_EMU_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
 #define CUDA_EMU_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
@@ -62,7 +67,13 @@
 #define __launch_bounds__(...)
 #endif
 #undef __forceinline__
+#if defined(CUDA_EMU_PROFILE)
+#define __forceinline__ inline __attribute__((always_inline))  // accesses count at the call site, as nvcc inlines
+#define CUDA_EMU_UNINSTRUMENTED __attribute__((no_sanitize_address))
+#else
 #define __forceinline__ inline
+#define CUDA_EMU_UNINSTRUMENTED
+#endif
 #ifndef __CUDACC__
 #define PHASOR_CUDA_EMU 1
 #endif
@@ -149,6 +160,16 @@ struct ThreadCtx {
   Block* block;
   Warp* warp;
   int lane;
+  int warp_index;  // in the cluster group: rank * warps per block + warp
+};
+
+// One recorded memory access of a profiled launch (cuda_emu_profile.h).
+struct ProfAccess {
+  uintptr_t pc, via;  // the access site, and the call site of the function containing it
+  uint64_t addr;      // global: the address; shared: the offset in the block's arena
+  uint32_t occ;       // this lane's n-th execution of the site
+  uint16_t warp;
+  uint8_t lane, size, op, space;
 };
 
 // One cp.async in flight: its source bytes (read at issue) land in shared memory only when a
@@ -168,8 +189,10 @@ struct Fiber {
   uint64_t waiting_gen = 0;
   std::vector<CpAsyncCopy> cp_open;                 // issued since the last commit_group
   std::vector<std::vector<CpAsyncCopy>> cp_groups;  // committed, oldest first
+  std::vector<ProfAccess> prof;                     // profiled launches only
+  std::unordered_map<uintptr_t, uint32_t> prof_occ;
   // Lands every committed group but the `keep` most recent (cp.async.wait_group keep).
-  void cp_land(size_t keep) {
+  CUDA_EMU_UNINSTRUMENTED void cp_land(size_t keep) {
     while (cp_groups.size() > keep) {
       for (const CpAsyncCopy& c : cp_groups.front()) std::memcpy(c.dst, c.data, size_t(c.bytes));
       cp_groups.erase(cp_groups.begin());
@@ -185,7 +208,7 @@ struct Scheduler {
   std::vector<std::unique_ptr<Fiber>> fibers;
   const std::function<void()>* body = nullptr;
   std::string error;
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(CUDA_EMU_ASAN)
   void* fake_stack = nullptr;
   const void* main_stack_bottom = nullptr;
   size_t main_stack_size = 0;
@@ -207,12 +230,12 @@ inline void set_builtins(const ThreadCtx& c) {
 inline void yield_to_scheduler() {
   Scheduler& s = *tls_sched;
   Fiber* me = tls_fiber;
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(CUDA_EMU_ASAN)
   void* fake = nullptr;
   __sanitizer_start_switch_fiber(&fake, s.main_stack_bottom, s.main_stack_size);
 #endif
   swapcontext(&me->uc, &s.main);
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(CUDA_EMU_ASAN)
   __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
   tls_fiber = me;
@@ -301,7 +324,16 @@ struct LaunchConfig {
   dim3 grid, block;
   size_t smem = 0;
   int cluster = 1;
+  const void* kernel = nullptr;  // for the profile's kernel names
 };
+
+}  // namespace cuda_emu
+#if defined(CUDA_EMU_PROFILE)
+#include "cuda_emu_profile.h"
+#else
+#define CUDA_EMU_RECORD(ptr, n, op) ((void)0)
+#endif
+namespace cuda_emu {
 
 enum class Schedule { kForward, kReverse, kShuffle };
 // PHASOR_CUDA_EMU_SCHEDULE=forward (default) | reverse | shuffle, read at each launch.
@@ -326,7 +358,7 @@ inline int worker_threads() {
 inline void fiber_entry(unsigned lo, unsigned hi) {
   auto* f = reinterpret_cast<Fiber*>((uintptr_t(hi) << 32) | uintptr_t(lo));
   Scheduler& s = *tls_sched;
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(CUDA_EMU_ASAN)
   __sanitizer_finish_switch_fiber(nullptr, &s.main_stack_bottom, &s.main_stack_size);
 #endif
   tls_fiber = f;
@@ -345,7 +377,7 @@ inline void fiber_entry(unsigned lo, unsigned hi) {
   f->ctx.warp->bar.drop();
   f->ctx.block->bar.drop();
   f->ctx.block->cluster->bar.drop();
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(CUDA_EMU_ASAN)
   __sanitizer_start_switch_fiber(nullptr, s.main_stack_bottom, s.main_stack_size);
 #endif
   // returning resumes uc_link (the scheduler)
@@ -386,9 +418,15 @@ class ClusterRunner {
     for (auto& f : sched_.fibers) munmap(f->stack, kFiberStack);
   }
 
-  // Runs cluster group g (blocks g*C .. g*C+C-1 in linear block order). Returns an error or "".
-  std::string run(int64_t g) {
+  // Runs cluster group g (blocks g*C .. g*C+C-1 in linear block order) of `groups`. Returns an error or "".
+  std::string run(int64_t g, int64_t groups) {
     const int C = cfg_.cluster;
+#if defined(CUDA_EMU_PROFILE)
+    const bool recorded = profile::recorded(g, groups);
+    if (!recorded && profile::skip_unrecorded()) return "";
+#else
+    (void)groups;
+#endif
     cluster_.bar.reset(C * threads_);
     cluster_.bar.name = "cluster barrier";
     for (int r = 0; r < C; ++r) {
@@ -426,6 +464,7 @@ class ClusterRunner {
       f.ctx.block = &b;
       f.ctx.warp = b.warps[t / kWarp].get();
       f.ctx.lane = t % kWarp;
+      f.ctx.warp_index = r * warps_ + t / kWarp;
       getcontext(&f.uc);
       f.uc.uc_stack.ss_sp = f.stack;
       f.uc.uc_stack.ss_size = kFiberStack;
@@ -435,6 +474,12 @@ class ClusterRunner {
     }
     tls_sched = &sched_;
     sched_.error.clear();
+#if defined(CUDA_EMU_PROFILE)
+    profile::tls_recording = recorded;
+    struct StopRecording {
+      ~StopRecording() { profile::tls_recording = false; }
+    } stop_recording;
+#endif
     // The order fibers run in, each from one barrier to the next: forward (thread 0 first),
     // reverse, or shuffled per pass. A missing barrier shows up as wrong results in one of them
     // (a reader running ahead of its writer, or a writer overwriting what a reader still needs).
@@ -443,7 +488,18 @@ class ClusterRunner {
     for (size_t i = 0; i < order.size(); ++i) order[i] = sched == Schedule::kReverse ? order.size() - 1 - i : i;
     std::mt19937_64 rng(uint64_t(g) * 0x9E3779B97F4A7C15ull + 1);
     size_t finished = 0;
+#if defined(CUDA_EMU_PROFILE)
+    profile::GroupAnalyzer analyzer;
+    for (auto& f : fibers) f->prof.clear(), f->prof_occ.clear();
+#endif
     while (finished < fibers.size()) {
+#if defined(CUDA_EMU_PROFILE)
+      if (recorded) {  // fold in the finished requests once the logs grow large
+        size_t logged = 0;
+        for (auto& f : fibers) logged += f->prof.size();
+        if (logged > profile::flush_above()) analyzer.flush(fibers, /*all=*/false);
+      }
+#endif
       bool progressed = false;
       finished = 0;
       if (sched == Schedule::kShuffle) std::shuffle(order.begin(), order.end(), rng);
@@ -456,12 +512,12 @@ class ClusterRunner {
         if (!f.runnable()) continue;
         progressed = true;
         tls_fiber = &f;
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(CUDA_EMU_ASAN)
         void* fake = nullptr;
         __sanitizer_start_switch_fiber(&fake, f.stack, kFiberStack);
 #endif
         swapcontext(&sched_.main, &f.uc);
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(CUDA_EMU_ASAN)
         // (its out-parameters would give the fiber's stack, not this one's: not wanted here)
         __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
@@ -481,8 +537,24 @@ class ClusterRunner {
       }
     }
     tls_sched = nullptr;
+#if defined(CUDA_EMU_PROFILE)
+    profile::tls_recording = false;
+    if (recorded && sched_.error.empty() && profile_) {
+      analyzer.flush(fibers, /*all=*/true);
+      std::lock_guard<std::mutex> lk(profile_->mu);
+      profile_->distinct_sectors += analyzer.footprint.size();
+      for (const auto& [k, v] : analyzer.sites) {
+        profile::SiteStats& s = profile_->sites[k];
+        s.requests += v.requests, s.lanes += v.lanes, s.bytes += v.bytes, s.units += v.units, s.ideal += v.ideal;
+      }
+      profile_->recorded_groups += 1;
+    }
+#endif
     return sched_.error;
   }
+#if defined(CUDA_EMU_PROFILE)
+  profile::LaunchProfile* profile_ = nullptr;
+#endif
 
  private:
   LaunchConfig cfg_;
@@ -506,10 +578,16 @@ inline void launch(const LaunchConfig& cfg, const std::function<void()>& body) {
   std::atomic<int64_t> next{0};
   std::mutex err_mu;
   std::string error;
+#if defined(CUDA_EMU_PROFILE)
+  profile::LaunchProfile prof;
+#endif
   auto work = [&] {
     ClusterRunner runner(cfg, body);
+#if defined(CUDA_EMU_PROFILE)
+    runner.profile_ = &prof;
+#endif
     for (int64_t g; (g = next.fetch_add(1)) < groups;) {
-      std::string e = runner.run(g);
+      std::string e = runner.run(g, groups);
       if (!e.empty()) {
         std::lock_guard<std::mutex> lk(err_mu);
         if (error.empty()) error = e;
@@ -525,6 +603,9 @@ inline void launch(const LaunchConfig& cfg, const std::function<void()>& body) {
     for (auto& t : pool) t.join();
   }
   if (!error.empty()) throw std::runtime_error("cuda_emu: " + error);
+#if defined(CUDA_EMU_PROFILE)
+  profile::write(cfg, cfg.kernel, groups, prof);
+#endif
 }
 
 // Dynamic shared memory opt-in per kernel (cudaFuncSetAttribute), checked at launch as the driver does.
@@ -552,8 +633,10 @@ struct Launch {
   template <typename K, typename... A>
   void operator()(K* kernel, A&&... args) const {
     check_smem(reinterpret_cast<const void*>(kernel), cfg.smem);
+    LaunchConfig c = cfg;
+    c.kernel = reinterpret_cast<const void*>(kernel);
     // Each CUDA thread gets its own copies of the arguments, as a kernel's by-value parameters.
-    launch(cfg, [&] { kernel(args...); });
+    launch(c, [&] { kernel(args...); });
   }
 };
 
@@ -604,12 +687,20 @@ T __shfl_up_sync(unsigned mask, T v, unsigned d, int width = 32) {
   });
 }
 
+#if defined(CUDA_EMU_PROFILE)
+#define CUDA_EMU_RECORD_ATOMIC(p) CUDA_EMU_RECORD(p, sizeof(*p), ::cuda_emu::profile::kAtomic)
+#define CUDA_EMU_AT_CALL_SITE __attribute__((always_inline))
+#else
+#define CUDA_EMU_RECORD_ATOMIC(p) ((void)0)
+#define CUDA_EMU_AT_CALL_SITE
+#endif
 template <typename T>
-T atomicAdd(T* p, T v) {
+CUDA_EMU_UNINSTRUMENTED T atomicAdd(T* p, T v) {
+  CUDA_EMU_RECORD_ATOMIC(p);
   return std::atomic_ref<T>(*p).fetch_add(v);
 }
 template <typename T>
-T __ldg(const T* p) {
+inline CUDA_EMU_AT_CALL_SITE T __ldg(const T* p) {
   return *p;
 }
 

@@ -85,7 +85,7 @@ cudaError_t cudaOccupancyMaxActiveClusters(int* n, K*, const cudaLaunchConfig_t*
 template <typename... P, typename... A>
 cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* cfg, void (*kernel)(P...), A&&... args) {
   check_smem(reinterpret_cast<const void*>(kernel), cfg->dynamicSmemBytes);
-  LaunchConfig lc{cfg->gridDim, cfg->blockDim, cfg->dynamicSmemBytes, cluster_of(cfg)};
+  LaunchConfig lc{cfg->gridDim, cfg->blockDim, cfg->dynamicSmemBytes, cluster_of(cfg), reinterpret_cast<const void*>(kernel)};
   launch(lc, [&] { kernel(args...); });
   return cudaSuccess;
 }

@@ -9,8 +9,10 @@ namespace cuda_emu::ptx {
 // cp.async.wait_group retires their commit group (a read of the stage before its wait sees the
 // 0xFF fill or the slot's previous contents). `src_bytes` < `bytes` zero-fills the rest, as the
 // instruction's src-size operand does.
-inline void cp_async(uint32_t dst, const void* src, int bytes, int src_bytes) {
+CUDA_EMU_UNINSTRUMENTED inline void cp_async(uint32_t dst, const void* src, int bytes, int src_bytes) {
   unsigned char* d = from_shared(dst, size_t(bytes));
+  if (src_bytes > 0) CUDA_EMU_RECORD(src, src_bytes, profile::kLoad);
+  CUDA_EMU_RECORD(d, bytes, profile::kStore);
   if (reinterpret_cast<uintptr_t>(src) % size_t(bytes) != 0 && src_bytes > 0) fail("cp.async: misaligned global source");
   if (dst % unsigned(bytes) != 0) fail("cp.async: misaligned shared destination");
   if (bytes > 16 || src_bytes > bytes) fail("cp.async: more than 16 bytes");
@@ -24,23 +26,27 @@ inline void cp_async_commit() {
   f.cp_groups.push_back(std::move(f.cp_open));
   f.cp_open.clear();
 }
-inline void cp_async_wait(int n) { tls_fiber->cp_land(size_t(n)); }
+CUDA_EMU_UNINSTRUMENTED inline void cp_async_wait(int n) { tls_fiber->cp_land(size_t(n)); }
 
 template <int N>
-inline void st_shared(uint32_t addr, const uint32_t (&v)[N]) {
+CUDA_EMU_UNINSTRUMENTED inline void st_shared(uint32_t addr, const uint32_t (&v)[N]) {
   if (addr % (4 * N) != 0) fail("st.shared: misaligned vector store");
+  CUDA_EMU_RECORD(from_shared(addr, 4 * N), 4 * N, profile::kStore);
   std::memcpy(from_shared(addr, 4 * N), v, 4 * N);
 }
 template <int N>
-inline void ld_shared(uint32_t addr, uint32_t (&v)[N]) {
+CUDA_EMU_UNINSTRUMENTED inline void ld_shared(uint32_t addr, uint32_t (&v)[N]) {
   if (addr % (4 * N) != 0) fail("ld.shared: misaligned vector load");
+  CUDA_EMU_RECORD(from_shared(addr, 4 * N), 4 * N, profile::kLoad);
   std::memcpy(v, from_shared(addr, 4 * N), 4 * N);
 }
 
 // ldmatrix .m8n8 .x4 .b16: lanes 8i..8i+7 give the row addresses of matrix i; register i of lane
 // t holds matrix i's row t/4, elements 2(t%4) and 2(t%4)+1 (transposed: column t/4, rows 2(t%4), +1).
-inline void ldmatrix_x4(uint32_t addr, uint32_t (&r)[4], bool trans) {
+// (Profiled as each lane reading its own 16-byte row: lanes 8i..8i+7 form phase i, matrix i.)
+CUDA_EMU_UNINSTRUMENTED inline void ldmatrix_x4(uint32_t addr, uint32_t (&r)[4], bool trans) {
   if (addr % 16 != 0) fail("ldmatrix: row address not 16-byte aligned");
+  CUDA_EMU_RECORD(from_shared(addr, 16), 16, profile::kLoad);
   const auto rows = warp_exchange(addr, [&](auto lane_addr, int) {
     std::array<uint32_t, 32> a{};
     for (int l = 0; l < 32; ++l) a[l] = lane_addr(l);

@@ -1,0 +1,260 @@
+"""How phasor's CUDA kernels touch memory, measured by running them under cuda_emu: global-memory
+coalescing (32-byte sectors per request against the fewest that hold the bytes) and shared-memory
+bank conflicts (wavefronts per request against one per phase), per kernel and per source line.
+
+    python tools/cuda_emu/profile.py [--systems gta,quantized_pde] [--cases REGEX] [--groups 3]
+                                     [--out bench/results/cuda_emu/profile]
+
+Each benchmark case that has a CUDA configuration is built as it would be on the GPU (its factory
+is called with device "cuda" while tensors are kept on the CPU), and its fused impls run once with
+the emulated kernels in place of the CPU ones, in the profiling build (runtime/cuda_emu_profile.h).
+Only a few thread-block clusters of every launch run (--groups, spread from the first to the last);
+the rest are skipped, so the outputs are garbage and the cases are not checked: bench_checks.py and
+the emulator tests check results. What this gives is the access pattern of each line at the
+benchmark's own sizes; it says nothing about time, caches, occupancy or latency hiding.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+SYSTEMS = ("rotating_features", "wave_rnn", "complex_rnn", "gta", "quantized_pde")
+OPS = ("load", "store", "atomic")
+SPACES = ("global", "shared", "peer-shared")
+
+
+def _cuda_on_cpu_mode():
+    """A TorchFunctionMode that turns every device="cuda" a case factory asks for into the CPU."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    def cpu(a):
+        if isinstance(a, str) and a.startswith("cuda"):
+            return "cpu"
+        if isinstance(a, torch.device) and a.type == "cuda":
+            return torch.device("cpu")
+        return a
+
+    class CudaOnCpu(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = {k: cpu(v) for k, v in (kwargs or {}).items()}
+            return func(*[cpu(a) for a in args], **kwargs)
+    return CudaOnCpu()
+
+
+def run_system(system: str, cases: str, out: Path) -> None:
+    """In this process (the profiling build registered as phasor's CPU kernels): run the fused impls
+    of every CUDA case of `system`, with a marker line before each in the profile file."""
+    import torch
+    sys.path.insert(0, str(HERE))
+    import build
+    from phasor.bench import registry
+    importlib.import_module(f"phasor.{system}.bench_cases")
+    build.load(system, override_cpu=True)  # before any tensor exists: the profile tracks allocations
+    torch.manual_seed(0)
+    for spec in list(registry._CASES):
+        if "cuda" not in spec.devices or not re.search(cases, spec.name):
+            continue
+        t0 = time.time()
+        try:
+            with _cuda_on_cpu_mode():
+                case = spec.factory("cuda")
+            impls = [k for k in case.impls if k.startswith("fused")]
+            for impl in impls:
+                with out.open("a") as f:
+                    f.write(json.dumps({"case": f"{spec.op}/{spec.name}", "impl": impl}) + "\n")
+                case.impls[impl]()
+            print(f"{spec.op:24s} {spec.name:40s} {', '.join(impls)}  {time.time() - t0:6.1f} s", flush=True)
+        except Exception as e:  # noqa: BLE001  (report it and go on with the other cases)
+            with out.open("a") as f:
+                f.write(json.dumps({"case": f"{spec.op}/{spec.name}", "error": f"{type(e).__name__}: {e}"[:400]}) + "\n")
+            print(f"{spec.op:24s} {spec.name:40s} FAILED: {type(e).__name__}: {e}", flush=True)
+
+
+def resolve(library: str, offsets: set[int]) -> dict[int, tuple[str, str]]:
+    """offset -> (function, "file:line") through addr2line on the profiled library."""
+    offsets = sorted(offsets)
+    if not offsets:
+        return {}
+    run = subprocess.run(["addr2line", "-e", library, "-f", "-C", *[hex(o) for o in offsets]],
+                         capture_output=True, text=True, check=True)
+    lines = run.stdout.splitlines()
+    out = {}
+    for k, o in enumerate(offsets):
+        fn, where = lines[2 * k], lines[2 * k + 1].split(" (discriminator")[0]
+        out[o] = (fn, where)
+    return out
+
+
+def _short(where: str) -> str:
+    """csrc-relative file:line for phasor's sources, the base name for the emulator's own."""
+    return re.sub(r"^.*?/(csrc/)?(?=[a-z_]+/[\w.]+:\d+$)", "", where) if "cuda_emu" not in where else Path(where).name
+
+
+def summarize(profile: Path) -> list[dict]:
+    """One record per (case, impl, kernel): totals scaled to the whole grid, and per-site rows."""
+    events, launches = [], []
+    current = None
+    for line in profile.read_text().splitlines():
+        rec = json.loads(line)
+        if "case" in rec:
+            current = rec
+            events.append(rec)
+        elif current is not None and "error" not in current:
+            launches.append((current, rec))
+    by_lib: dict[str, set[int]] = collections.defaultdict(set)
+    for _, rec in launches:
+        lib = rec["launch"]["library"]
+        by_lib[lib].add(rec["launch"]["kernel"])
+        for s in rec["sites"]:
+            by_lib[lib].update((s["pc"] - 1, s["via"] - 1))
+    names = {lib: resolve(lib, offs) for lib, offs in by_lib.items()}
+    kernels: dict[tuple, dict] = {}
+    for case, rec in launches:
+        L = rec["launch"]
+        lib = names[L["library"]]
+        kernel = kernel_name(lib.get(L["kernel"], ("?", "?"))[0])
+        key = (case["case"], case["impl"], kernel)
+        k = kernels.setdefault(key, dict(case=case["case"], impl=case["impl"], kernel=kernel, launches=0,
+                                         grid=L["grid"], block=L["block"], smem=L["smem"], cluster=L["cluster"],
+                                         l2_sectors=0.0, sites={}))
+        k["launches"] += 1
+        scale = L["groups"] / max(1, L["recorded_groups"])
+        k["l2_sectors"] += L["distinct_sectors"] * scale
+        for s in rec["sites"]:
+            fn, where = lib.get(s["pc"] - 1, ("?", "?"))
+            _, via = lib.get(s["via"] - 1, ("?", "?"))
+            site = _short(where)
+            via_s = _short(via)
+            if via_s == site or "cuda_emu" in via or not re.search(r"\.(cu|cuh)h?:\d+$", via_s):
+                via_s = ""
+            sk = (site, via_s, OPS[s["op"]], SPACES[s["space"]], s["size"])
+            row = k["sites"].setdefault(sk, dict(line=site, via=via_s, op=OPS[s["op"]], space=SPACES[s["space"]],
+                                                 size=s["size"], requests=0.0, lanes=0.0, bytes=0.0, units=0.0,
+                                                 ideal=0.0))
+            for f in ("requests", "lanes", "bytes", "units", "ideal"):
+                row[f] += s[f] * scale
+    out = []
+    for k in kernels.values():
+        rows = sorted(k.pop("sites").values(), key=lambda r: -(r["units"] - r["ideal"]))
+        tot = collections.defaultdict(float)
+        for r in rows:
+            sp = "global" if r["space"] == "global" else "shared"
+            tot[sp + "_units"] += r["units"]
+            tot[sp + "_ideal"] += r["ideal"]
+            tot[sp + "_bytes"] += r["bytes"]
+            tot[sp + "_requests"] += r["requests"]
+        k.update({key: round(v) for key, v in tot.items()})
+        k["l2_sectors"] = round(k["l2_sectors"])
+        k["sites"] = [{**r, **{f: round(r[f]) for f in ("requests", "lanes", "bytes", "units", "ideal")}} for r in rows]
+        out.append(k)
+    errors = [e for e in events if "error" in e]
+    return out + [dict(case=e["case"], error=e["error"]) for e in errors]
+
+
+def kernel_name(demangled: str) -> str:
+    """`ns::kernel<args>` from addr2line's demangled signature (no return type, namespaces or parameters)."""
+    name = demangled.replace("(anonymous namespace)::", "")
+    name = re.sub(r"^void ", "", name)
+    depth = 0
+    for i, ch in enumerate(name):  # cut at the parameter list: the first "(" outside template arguments
+        depth += (ch == "<") - (ch == ">")
+        if ch == "(" and depth == 0:
+            name = name[:i]
+            break
+    return re.sub(r"^(?:\w+::)+(?=\w+(<|$))", "", name)
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "-"
+
+
+def report(records: list[dict], top: int = 8) -> str:
+    """Markdown: a table of (case, impl, kernel), then per kernel the sites furthest above ideal."""
+    lines = ["| case | impl | kernel | launches | global sectors / ideal | L1 MB | L2 MB (lower bound) | "
+             "shared wavefronts / ideal | shared requests |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        if "error" in r:
+            lines.append(f"| {r['case']} | error: {r['error']} | | | | | | | |")
+            continue
+        lines.append(f"| {r['case']} | {r['impl']} | `{r['kernel']}` | {r['launches']} | "
+                     f"{_ratio(r.get('global_units', 0), r.get('global_ideal', 0))} | "
+                     f"{r.get('global_units', 0) * 32 / 1e6:.1f} | {r['l2_sectors'] * 32 / 1e6:.1f} | "
+                     f"{_ratio(r.get('shared_units', 0), r.get('shared_ideal', 0))} | "
+                     f"{r.get('shared_requests', 0):.0f} |")
+    lines.append("")
+    by_kernel: dict[str, dict] = {}
+    for r in records:
+        if "error" in r:
+            continue
+        for s in r["sites"]:
+            if s["units"] <= s["ideal"] * 1.001:
+                continue
+            key = (s["line"], s["via"], s["op"], s["space"], s["size"])
+            agg = by_kernel.setdefault(r["kernel"], {}).setdefault(key, dict(s, requests=0, units=0, ideal=0))
+            for f in ("requests", "units", "ideal"):
+                agg[f] += s[f]
+    if not by_kernel:
+        lines.append("Every recorded access is at its ideal: no uncoalesced global request, no shared bank conflict.")
+    for kernel, sites in sorted(by_kernel.items()):
+        worst = sorted(sites.values(), key=lambda s: -(s["units"] - s["ideal"]))[:top]
+        lines += [f"**`{kernel}`**: sites above ideal, summed over its cases", "",
+                  "| line | op | space | bytes/lane | requests | units / ideal | excess units |",
+                  "|---|---|---|---|---|---|---|"]
+        for s in worst:
+            where = s["line"] + (f" (via {s['via']})" if s["via"] else "")
+            lines.append(f"| {where} | {s['op']} | {s['space']} | {s['size']} | {s['requests']} | "
+                         f"{_ratio(s['units'], s['ideal'])} | {s['units'] - s['ideal']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--cases", default="", help="regular expression on case names (default: all)")
+    ap.add_argument("--groups", type=int, default=3, help="thread-block clusters recorded per launch")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cuda_emu" / "profile"))
+    ap.add_argument("--timeout", type=int, default=3600, help="seconds per system")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--profile-file", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        run_system(args.child, args.cases, Path(args.profile_file))
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for system in args.systems.split(","):
+        raw = out / f"{system}.jsonl"
+        raw.unlink(missing_ok=True)
+        raw.touch()
+        print(f"== {system}", flush=True)
+        env = {**os.environ, "PYTHONWARNINGS": "ignore", "PHASOR_CUDA_EMU_PROFILE": str(raw.resolve()),
+               "PHASOR_CUDA_EMU_PROFILE_SKIP": "1", "PHASOR_CUDA_EMU_PROFILE_GROUPS": str(args.groups)}
+        try:
+            subprocess.run([sys.executable, __file__, "--child", system, "--cases", args.cases,
+                            "--profile-file", str(raw.resolve())], cwd=ROOT, env=env, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            print(f"{system}: over {args.timeout} s; summarising what finished", flush=True)
+        records += summarize(raw)
+        raw.unlink()
+    (out / "profile.json").write_text(json.dumps(records, indent=1))
+    text = report(records)
+    (out / "profile.md").write_text(text + "\n")
+    print(text)
+    return 1 if any("error" in r for r in records) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
