@@ -10,7 +10,7 @@ BUILD_STAMP := $(VENV)/.phasor-built
 PIP_INSTALL := $(PY) -m pip install -q --disable-pip-version-check
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: all venv build test test-fast bench wheel cuda-check cuda-emu cuda-emu-strict repro clean
+.PHONY: all venv build test test-fast bench wheel cuda-check cuda-emu cuda-emu-strict cuda-profile repro clean
 
 all: test
 
@@ -60,6 +60,11 @@ cuda-emu-strict: build
 	@echo "== AddressSanitizer"
 	PHASOR_CUDA_EMU_ASAN=1 ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
 	  $(PY) -m pytest -q -ra -m cuda_emu tests
+
+# How the CUDA kernels touch memory (coalescing, bank conflicts per source line), from the emulator:
+# bench/results/cuda_emu/profile/. `make cuda-profile PROFILE_ARGS="--systems gta"` for one system.
+cuda-profile: build
+	$(PY) tools/cuda_emu/access_profile.py $(PROFILE_ARGS)
 
 # `make repro REPROS=wave-rnn` runs one; each job resumes from its checkpoints.
 REPROS ?= rotating-features wave-rnn complex-rnn gta quantized-pde

@@ -207,6 +207,20 @@ __global__ void access_pattern_kernel(const float* x, int stride, float* out) {
   out[t] = tile[(t * stride) % (32 * 33)] + tile[0] + v.x + v.w;
 }
 
+// A store inside a loop that lane t executes in iterations i > t / 8 only: the profile must flag
+// the site as divergent (lanes execute it unequal numbers of times).
+__global__ void divergent_store_kernel(float* out) {
+  const int t = threadIdx.x;
+  for (int i = 0; i < 4; ++i)
+    if (t < 8 * i) out[32 * i + t] = 1.f;
+}
+
+at::Tensor emu_divergent_store(const at::Tensor& like) {
+  auto out = at::zeros({128}, like.options());
+  divergent_store_kernel<<<1, 32, 0, c10::cuda::getCurrentCUDAStream()>>>(out.mutable_data_ptr<float>());
+  return out;
+}
+
 at::Tensor emu_access_pattern(const at::Tensor& x, int64_t stride) {
   TORCH_CHECK(x.numel() >= 32 * std::max<int64_t>(stride, 4), "emu_access_pattern: x is too short for the stride");
   auto out = at::empty({32}, x.options());
@@ -226,6 +240,7 @@ TORCH_LIBRARY_FRAGMENT(phasor, m) {
   m.def("emu_mma_s8(Tensor a, Tensor bt) -> Tensor");
   m.def("emu_cluster_ring(Tensor like, int blocks) -> Tensor");
   m.def("emu_access_pattern(Tensor x, int stride) -> Tensor");
+  m.def("emu_divergent_store(Tensor like) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(phasor, CUDA, m) {
@@ -237,4 +252,5 @@ TORCH_LIBRARY_IMPL(phasor, CUDA, m) {
   m.impl("emu_read_at", &emu_read_at);
   m.impl("emu_cluster_ring", &emu_cluster_ring);
   m.impl("emu_access_pattern", &emu_access_pattern);
+  m.impl("emu_divergent_store", &emu_divergent_store);
 }

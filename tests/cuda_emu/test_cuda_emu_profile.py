@@ -29,6 +29,9 @@ for stride in {strides!r}:
 with open({raw!r}, "a") as f:
     f.write(json.dumps({{"case": "mma", "impl": "fused"}}) + "\\n")
 ns.emu_mma(torch.randn(16, 16).half(), torch.randn(8, 16).half())
+with open({raw!r}, "a") as f:
+    f.write(json.dumps({{"case": "divergent", "impl": "fused"}}) + "\\n")
+ns.emu_divergent_store(torch.empty(0))
 """
 
 
@@ -44,7 +47,8 @@ def _run_profiled(raw: Path, **env) -> dict:
     sys.path.insert(0, str(ROOT / "tools" / "cuda_emu"))
     import access_profile
     raw.touch()
-    env = {**os.environ, "PHASOR_CUDA_EMU_PROFILE": str(raw), "PHASOR_CUDA_EMU_PROFILE_GROUPS": "1", **env}
+    env = {**{k: v for k, v in os.environ.items() if k not in ("PHASOR_CUDA_EMU_ASAN", "LD_PRELOAD")},
+           "PHASOR_CUDA_EMU_PROFILE": str(raw), "PHASOR_CUDA_EMU_PROFILE_GROUPS": "1", **env}  # (not with ASan)
     code = CHILD.format(tools=str(ROOT / "tools" / "cuda_emu"), strides=STRIDES, raw=str(raw))
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=1800)
     return {r["case"]: r for r in access_profile.summarize(raw)}
@@ -104,3 +108,9 @@ def test_ldmatrix_rows_32_bytes_apart_conflict_two_ways(profile):
         assert (s["requests"], s["units"], s["ideal"]) == (1, 8, 4)
     a_load = _site(r, _line_of("sa[i] = a[i]"), "load", "global")  # 8 requests of 32 halves: 2 sectors each
     assert (a_load["size"], a_load["requests"], a_load["units"], a_load["ideal"]) == (2, 8, 16, 16)
+
+
+def test_a_branch_inside_a_loop_is_flagged_divergent(profile):
+    store = _site(profile["divergent"], _line_of("if (t < 8 * i) out[32 * i + t] = 1.f;"), "store", "global")
+    assert store["divergent"]
+    assert not any(s["divergent"] for case in ("stride8", "mma") for s in profile[case]["sites"])

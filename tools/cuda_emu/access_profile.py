@@ -81,18 +81,26 @@ def run_system(system: str, cases: str, out: Path) -> None:
             print(f"{spec.op:24s} {spec.name:40s} FAILED: {type(e).__name__}: {e}", flush=True)
 
 
-def resolve(library: str, offsets: set[int]) -> dict[int, tuple[str, str]]:
-    """offset -> (function, "file:line") through addr2line on the profiled library."""
+def resolve(library: str, offsets: set[int]) -> dict[int, tuple[str, str, str]]:
+    """offset -> (function, "file:line" of the access, "file:line" in the outermost function the
+    access's helper was inlined into, or "") through addr2line on the profiled library."""
     offsets = sorted(offsets)
     if not offsets:
         return {}
-    run = subprocess.run(["addr2line", "-e", library, "-f", "-C", *[hex(o) for o in offsets]],
+    # -a starts each address's block with the address; -i lists the inline chain, innermost first
+    run = subprocess.run(["addr2line", "-e", library, "-a", "-f", "-C", "-i", *[hex(o) for o in offsets]],
                          capture_output=True, text=True, check=True)
-    lines = run.stdout.splitlines()
+    blocks, cur = [], None
+    for line in run.stdout.splitlines():
+        if re.fullmatch(r"0x[0-9a-f]+", line):
+            cur = []
+            blocks.append(cur)
+        else:
+            cur.append(line.split(" (discriminator")[0])
     out = {}
-    for k, o in enumerate(offsets):
-        fn, where = lines[2 * k], lines[2 * k + 1].split(" (discriminator")[0]
-        out[o] = (fn, where)
+    for o, block in zip(offsets, blocks):
+        chain = list(zip(block[0::2], block[1::2]))  # (function, file:line) pairs
+        out[o] = (chain[-1][0], chain[0][1], chain[-1][1] if len(chain) > 1 else "")
     return out
 
 
@@ -123,7 +131,7 @@ def summarize(profile: Path) -> list[dict]:
     for case, rec in launches:
         L = rec["launch"]
         lib = names[L["library"]]
-        kernel = kernel_name(lib.get(L["kernel"], ("?", "?"))[0])
+        kernel = kernel_name(lib.get(L["kernel"], ("?", "?", ""))[0])
         key = (case["case"], case["impl"], kernel)
         k = kernels.setdefault(key, dict(case=case["case"], impl=case["impl"], kernel=kernel, launches=0,
                                          grid=L["grid"], block=L["block"], smem=L["smem"], cluster=L["cluster"],
@@ -132,8 +140,9 @@ def summarize(profile: Path) -> list[dict]:
         scale = L["groups"] / max(1, L["recorded_groups"])
         k["l2_sectors"] += L["distinct_sectors"] * scale
         for s in rec["sites"]:
-            fn, where = lib.get(s["pc"] - 1, ("?", "?"))
-            _, via = lib.get(s["via"] - 1, ("?", "?"))
+            _, where, inlined_into = lib.get(s["pc"] - 1, ("?", "?", ""))
+            # context: where an inlined helper sits in its kernel, else the call site of the function
+            via = inlined_into or lib.get(s["via"] - 1, ("?", "?", ""))[1]
             site = _short(where)
             via_s = _short(via)
             if via_s == site or "cuda_emu" in via or not re.search(r"\.(cu|cuh)h?:\d+$", via_s):
@@ -141,7 +150,8 @@ def summarize(profile: Path) -> list[dict]:
             sk = (site, via_s, OPS[s["op"]], SPACES[s["space"]], s["size"])
             row = k["sites"].setdefault(sk, dict(line=site, via=via_s, op=OPS[s["op"]], space=SPACES[s["space"]],
                                                  size=s["size"], requests=0.0, lanes=0.0, bytes=0.0, units=0.0,
-                                                 ideal=0.0))
+                                                 ideal=0.0, divergent=False))
+            row["divergent"] |= bool(s.get("divergent"))
             for f in ("requests", "lanes", "bytes", "units", "ideal"):
                 row[f] += s[f] * scale
     out = []
@@ -204,17 +214,23 @@ def report(records: list[dict], top: int = 8) -> str:
             agg = by_kernel.setdefault(r["kernel"], {}).setdefault(key, dict(s, requests=0, units=0, ideal=0))
             for f in ("requests", "units", "ideal"):
                 agg[f] += s[f]
+            agg["divergent"] |= s["divergent"]
     if not by_kernel:
         lines.append("Every recorded access is at its ideal: no uncoalesced global request, no shared bank conflict.")
+    if any(s["divergent"] for sites in by_kernel.values() for s in sites.values()):
+        lines += ["", "*Divergent* sites are executed an unequal number of times by the lanes of a warp (a branch "
+                  "inside a loop); requests are formed by each lane's n-th execution, so there they can pair "
+                  "different iterations and their numbers are not reliable.", ""]
     for kernel, sites in sorted(by_kernel.items()):
         worst = sorted(sites.values(), key=lambda s: -(s["units"] - s["ideal"]))[:top]
         lines += [f"**`{kernel}`**: sites above ideal, summed over its cases", "",
                   "| line | op | space | bytes/lane | requests | units / ideal | excess units |",
                   "|---|---|---|---|---|---|---|"]
         for s in worst:
-            where = s["line"] + (f" (via {s['via']})" if s["via"] else "")
+            where = s["line"] + (f" (in {s['via']})" if s["via"] else "")
+            flag = " (divergent)" if s["divergent"] else ""
             lines.append(f"| {where} | {s['op']} | {s['space']} | {s['size']} | {s['requests']} | "
-                         f"{_ratio(s['units'], s['ideal'])} | {s['units'] - s['ideal']} |")
+                         f"{_ratio(s['units'], s['ideal'])}{flag} | {s['units'] - s['ideal']} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -234,26 +250,36 @@ def main() -> int:
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = []
+    failed = False
     for system in args.systems.split(","):
-        raw = out / f"{system}.jsonl"
+        raw = ROOT / "build" / "cuda_emu" / "profile_raw" / f"{system}.jsonl"  # addresses: this build's only
+        raw.parent.mkdir(parents=True, exist_ok=True)
         raw.unlink(missing_ok=True)
         raw.touch()
         print(f"== {system}", flush=True)
-        env = {**os.environ, "PYTHONWARNINGS": "ignore", "PHASOR_CUDA_EMU_PROFILE": str(raw.resolve()),
+        env = {**{k: v for k, v in os.environ.items() if k not in ("PHASOR_CUDA_EMU_ASAN", "LD_PRELOAD")},
+               "PYTHONWARNINGS": "ignore", "PHASOR_CUDA_EMU_PROFILE": str(raw.resolve()),
                "PHASOR_CUDA_EMU_PROFILE_SKIP": "1", "PHASOR_CUDA_EMU_PROFILE_GROUPS": str(args.groups)}
         try:
             subprocess.run([sys.executable, __file__, "--child", system, "--cases", args.cases,
                             "--profile-file", str(raw.resolve())], cwd=ROOT, env=env, timeout=args.timeout)
         except subprocess.TimeoutExpired:
             print(f"{system}: over {args.timeout} s; summarising what finished", flush=True)
-        records += summarize(raw)
-        raw.unlink()
-    (out / "profile.json").write_text(json.dumps(records, indent=1))
-    text = report(records)
+        records = summarize(raw)  # (the raw file stays until the next run: summarize() can be rerun on it)
+        failed |= any("error" in r for r in records)
+        (out / f"{system}.json").write_text(json.dumps(dict(system=system, cases=args.cases, groups=args.groups,
+                                                            records=records), indent=1))
+    # The report covers every system profiled into this folder so far (one run per system is fine).
+    sections = []
+    for path in sorted(out.glob("*.json")):
+        run = json.loads(path.read_text())
+        sections.append(f"## {run['system']} (clusters recorded per launch: {run['groups']}"
+                        + (f"; cases matching `{run['cases']}`" if run["cases"] else "") + ")\n\n"
+                        + report(run["records"]))
+    text = "\n".join(sections)
     (out / "profile.md").write_text(text + "\n")
     print(text)
-    return 1 if any("error" in r for r in records) else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

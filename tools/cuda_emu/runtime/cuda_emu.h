@@ -15,8 +15,9 @@
 // waiting at a barrier its block never reaches is reported as a deadlock), fragment
 // layouts of ldmatrix / mma (implemented from the PTX ISA's figures), and the epilogues' math.
 // Errors (a deadlock, a misaligned cp.async, __trap) raise a RuntimeError from the op.
-// What it does not check: timing, occupancy, bank conflicts, and races (a missing barrier may go
-// unnoticed because the threads happen to run in a benign order).
+// What it does not check: timing, occupancy, and races (a missing barrier may go unnoticed because
+// the threads happen to run in a benign order). Bank conflicts and coalescing are measured by the
+// profiling flavour (cuda_emu_profile.h).
 #pragma once
 
 #include <cuda_runtime.h>  // host declarations only: dim3, uint3, float4, cudaStream_t, enums
@@ -543,6 +544,7 @@ class ClusterRunner {
       analyzer.flush(fibers, /*all=*/true);
       std::lock_guard<std::mutex> lk(profile_->mu);
       profile_->distinct_sectors += analyzer.footprint.size();
+      profile_->divergent.insert(analyzer.divergent.begin(), analyzer.divergent.end());
       for (const auto& [k, v] : analyzer.sites) {
         profile::SiteStats& s = profile_->sites[k];
         s.requests += v.requests, s.lanes += v.lanes, s.bytes += v.bytes, s.units += v.units, s.ideal += v.ideal;

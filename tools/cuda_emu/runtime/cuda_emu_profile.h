@@ -258,6 +258,7 @@ class GroupAnalyzer {
       auto it = done_upto.find({a.warp, a.pc});
       return it != done_upto.end() && a.occ < it->second;  // absent: a running lane has not reached the site
     };
+    if (all) mark_divergent(fibers);
     std::vector<ProfAccess> ready;
     for (auto& f : fibers) {
       auto keep = std::partition(f->prof.begin(), f->prof.end(), [&](const ProfAccess& a) { return !complete(a); });
@@ -270,8 +271,22 @@ class GroupAnalyzer {
 
   std::map<SiteKey, SiteStats> sites;
   std::unordered_set<uint64_t> footprint;  // distinct global sectors: traffic from L2 if L1 held everything
+  // Sites that lanes of one warp executed unequal (nonzero) numbers of times: a branch inside a
+  // loop. Grouping by occurrence then pairs different iterations, so their numbers are unreliable.
+  std::unordered_set<uintptr_t> divergent;
 
  private:
+  void mark_divergent(const std::vector<std::unique_ptr<Fiber>>& fibers) {
+    std::map<std::pair<int, uintptr_t>, std::pair<uint32_t, uint32_t>> range;  // (warp, pc) -> (min, max) count
+    for (auto& f : fibers)
+      for (const auto& [pc, n] : f->prof_occ) {
+        auto [it, fresh] = range.try_emplace({f->ctx.warp_index, pc}, n, n);
+        if (!fresh) it->second = {std::min(it->second.first, n), std::max(it->second.second, n)};
+      }
+    for (const auto& [key, mm] : range)
+      if (mm.first != mm.second) divergent.insert(key.second);
+  }
+
   void add(std::vector<ProfAccess>& accesses) {
     for (const ProfAccess& a : accesses)
       if (a.space == kGlobal)
@@ -304,6 +319,7 @@ struct LaunchProfile {
   std::map<SiteKey, SiteStats> sites;
   int64_t recorded_groups = 0;
   uint64_t distinct_sectors = 0;  // summed over the recorded groups
+  std::unordered_set<uintptr_t> divergent;
 };
 
 inline void write(const LaunchConfig& cfg, const void* kernel, int64_t groups, const LaunchProfile& p) {
@@ -324,10 +340,10 @@ inline void write(const LaunchConfig& cfg, const void* kernel, int64_t groups, c
   for (const auto& [k, s] : p.sites) {
     std::fprintf(out,
                  "%s{\"pc\": %lu, \"via\": %lu, \"op\": %d, \"space\": %d, \"size\": %d, \"requests\": %lu, "
-                 "\"lanes\": %lu, \"bytes\": %lu, \"units\": %lu, \"ideal\": %lu}",
+                 "\"lanes\": %lu, \"bytes\": %lu, \"units\": %lu, \"ideal\": %lu, \"divergent\": %d}",
                  first ? "" : ", ", (unsigned long)(k.pc - base), (unsigned long)(k.via - base), k.op, k.space,
                  k.size, (unsigned long)s.requests, (unsigned long)s.lanes, (unsigned long)s.bytes,
-                 (unsigned long)s.units, (unsigned long)s.ideal);
+                 (unsigned long)s.units, (unsigned long)s.ideal, int(p.divergent.count(k.pc)));
     first = false;
   }
   std::fprintf(out, "]}\n");
