@@ -41,6 +41,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <string_view>
 
@@ -334,29 +335,74 @@ __global__ void __launch_bounds__(kWarps * kWarpSize) gta_bwd_q_kernel(
   }
 }
 
-// sum over heads, the view's tokens and 4-chunks of a[r] * b[c] (+ a2[r] * b2[c]); one block per (batch, view).
+// x[0..3] as floats: one 16-byte (float) or 8-byte (16-bit) load where the caller checked alignment.
+template <typename T>
+__device__ __forceinline__ void load4f(const T* x, bool vec, float (&v)[4]) {
+  if (vec) {
+    if constexpr (sizeof(T) == 4) {
+      const float4 u = *reinterpret_cast<const float4*>(x);
+      v[0] = u.x, v[1] = u.y, v[2] = u.z, v[3] = u.w;
+    } else {
+      const uint2 u = *reinterpret_cast<const uint2*>(x);
+      T e[4];
+      memcpy(e, &u, sizeof(u));
+#pragma unroll
+      for (int i = 0; i < 4; ++i) v[i] = to_f(e[i]);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = to_f(x[i]);
+  }
+}
+
+// Partial sums, over heads, tokens and 4-chunks of one view, of a[r] * b[c] (+ a2[r] * b2[c]): block
+// (batch, view, split) takes split `split` of the view's items and writes its 16 sums to
+// partial[blockIdx.x]; the host adds the splits (in a fixed order: deterministic). A single block
+// per view left all but B * V SMs idle (2 of 132 for one batch of two views).
 template <typename TA, typename TB>
-__global__ void gta_se3_grad_kernel(Shape S, int N, int V, const TA* __restrict__ a, const TB* __restrict__ bvec,
-                                    const TA* __restrict__ a2, const TB* __restrict__ b2, float* __restrict__ grad) {
-  const int bv = blockIdx.x, b = bv / V, t0 = (bv % V) * (N / V), T = N / V;
+__global__ void gta_se3_grad_kernel(Shape S, int N, int V, int splits, const TA* __restrict__ a,
+                                    const TB* __restrict__ bvec, const TA* __restrict__ a2,
+                                    const TB* __restrict__ b2, float* __restrict__ partial) {
+  const int bv = blockIdx.x / splits, split = blockIdx.x % splits;
+  const int b = bv / V, t0 = (bv % V) * (N / V), T = N / V;
   const int chunks = S.se3 / 4;
+  // 4-chunks start at multiples of 4 elements from 4-element-aligned rows: vector loads where the
+  // row length, the trivial prefix and the base pointers allow
+  const bool vec = S.d % 4 == 0 && S.triv % 4 == 0 &&
+                   (reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(a2)) % (4 * sizeof(TA)) == 0 &&
+                   (reinterpret_cast<uintptr_t>(bvec) | reinterpret_cast<uintptr_t>(b2)) % (4 * sizeof(TB)) == 0;
   phasor::cuda::Array<float, 16> acc;
 #pragma unroll
   for (int e = 0; e < 16; ++e) acc[e] = 0.f;
-  const int64_t items = int64_t(S.H) * T * chunks;
-  for (int64_t it = threadIdx.x; it < items; it += blockDim.x) {
+  const int64_t items = int64_t(S.H) * T * chunks, per = (items + splits - 1) / splits;
+  const int64_t end = min(items, per * (split + 1));
+  for (int64_t it = per * split + threadIdx.x; it < end; it += blockDim.x) {
     const int h = int(it / (int64_t(T) * chunks)), t = int((it / chunks) % T), ch = int(it % chunks);
     const int64_t off = ((int64_t(b) * S.H + h) * N + t0 + t) * S.d + S.triv + 4 * ch;
+    float x[4], y[4];
+    load4f(a + off, vec, x);
+    load4f(bvec + off, vec, y);
 #pragma unroll
     for (int r = 0; r < 4; ++r)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        acc[r * 4 + c] += to_f(a[off + r]) * to_f(bvec[off + c]);
-        if (a2) acc[r * 4 + c] += to_f(a2[off + r]) * to_f(b2[off + c]);
-      }
+      for (int c = 0; c < 4; ++c) acc[r * 4 + c] += x[r] * y[c];
+    if (a2) {
+      load4f(a2 + off, vec, x);
+      load4f(b2 + off, vec, y);
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[r * 4 + c] += x[r] * y[c];
+    }
   }
   acc = phasor::cuda::block_reduce(acc, phasor::cuda::Sum{});
-  if (threadIdx.x < 16) grad[int64_t(bv) * 16 + threadIdx.x] = acc[threadIdx.x];
+  if (threadIdx.x < 16) partial[int64_t(blockIdx.x) * 16 + threadIdx.x] = acc[threadIdx.x];
+}
+
+// Splits per view for gta_se3_grad_kernel: about 256 items (1 per thread) per block, at most 128.
+inline int se3_grad_splits(const Shape& S, int64_t N, int64_t V) {
+  const int64_t items = int64_t(S.H) * (N / V) * (S.se3 / 4);
+  return int(std::clamp<int64_t>(phasor::cuda::ceil_div<int64_t>(items, 256), 1, 128));
 }
 
 // out = the transposed transform of x~ (query side: P x~, sign -1; key side: (P^-1)^T x~, sign -1).
@@ -551,15 +597,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gta_bwd_c
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (D.se3 > 0) {  // q~ = P^T q: dP += q dq~^T (+ dO o~^T); k~ = P^-1 k: dP^-1 += dk~ k^T (+ dv~ v^T)
-      gta_se3_grad_kernel<T, float><<<phasor::cuda::grid_for(D.B * D.Vq, opname, "views"), 256, 0, stream>>>(
-          S, int(D.Nq), int(D.Vq), q.data_ptr<T>(), dqt.data_ptr<float>(), need_ot ? gO.data_ptr<T>() : nullptr,
-          need_ot ? ot.data_ptr<float>() : nullptr, dq_se3.data_ptr<float>());
+      const int sq = se3_grad_splits(S, D.Nq, D.Vq), sk = se3_grad_splits(S, D.Nk, D.Vk);
+      auto part_q = at::empty({D.B * D.Vq, sq, 16}, f32), part_k = at::empty({D.B * D.Vk, sk, 16}, f32);
+      gta_se3_grad_kernel<T, float><<<phasor::cuda::grid_for(D.B * D.Vq * sq, opname, "views"), 256, 0, stream>>>(
+          S, int(D.Nq), int(D.Vq), sq, q.data_ptr<T>(), dqt.data_ptr<float>(), need_ot ? gO.data_ptr<T>() : nullptr,
+          need_ot ? ot.data_ptr<float>() : nullptr, part_q.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      gta_se3_grad_kernel<float, T><<<phasor::cuda::grid_for(D.B * D.Vk, opname, "views"), 256, 0, stream>>>(
-          S, int(D.Nk), int(D.Vk), dkt.data_ptr<float>(), k.data_ptr<T>(),
+      gta_se3_grad_kernel<float, T><<<phasor::cuda::grid_for(D.B * D.Vk * sk, opname, "views"), 256, 0, stream>>>(
+          S, int(D.Nk), int(D.Vk), sk, dkt.data_ptr<float>(), k.data_ptr<T>(),
           v_transform ? dvt.data_ptr<float>() : nullptr, v_transform ? v.data_ptr<T>() : nullptr,
-          dk_se3.data_ptr<float>());
+          part_k.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
+      dq_se3.copy_(part_q.sum(1).view(dq_se3.sizes()));
+      dk_se3.copy_(part_k.sum(1).view(dk_se3.sizes()));
     }
     const int64_t nq = q.numel(), nk = k.numel();
     const unsigned bq = phasor::cuda::grid_for(phasor::cuda::ceil_div<int64_t>(nq, 256), opname, "elements");

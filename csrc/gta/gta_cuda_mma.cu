@@ -125,11 +125,20 @@ __global__ void __launch_bounds__(kThreads) gta_fwd_mma_kernel(const Args<T> A) 
     }
   };
 
-  // ---- prologue: Q~ = scale log2(e) P^T q (zeros past Nq). A warp takes one chunk of 32 rows, so the
-  // segment (triv / se3 / so3 / so2) is warp-uniform.
+  // ---- prologue: Q~ = scale log2(e) P^T q (zeros past Nq), one (row, 4-channel chunk) per thread.
+  // A warp takes 4 consecutive chunks of 8 rows: 32 bytes of each row, whole sectors (one chunk of 32
+  // rows, warp-uniform in segment, touched 4x the sectors it used). A warp whose 4 chunks straddle
+  // two segments (triv / se3 / so3 / so2) diverges there, for one pass.
+  auto row_chunk = [](int idx, int& r, int& c) {
+    r = (idx >> 2) % kBM;
+    c = (((idx >> 2) / kBM) * 4 + (idx & 3)) * 4;
+  };
+  static_assert(kC4 % 4 == 0, "4 chunks per row group");
 #pragma unroll 1
   for (int idx = tid; idx < kBM * kC4; idx += kThreads) {
-    const int c = (idx / kBM) * 4, r = idx % kBM, i = q0 + r;
+    int r, c;
+    row_chunk(idx, r, c);
+    const int i = q0 + r;
     uint2 packed = make_uint2(0u, 0u);
     if (i < S.Nq) {
       const LoadT<T> ld{A.q + (row0 + i) * D};
@@ -184,7 +193,7 @@ __global__ void __launch_bounds__(kThreads) gta_fwd_mma_kernel(const Args<T> A) 
       T* wv = wk + kTileT;
 #pragma unroll 1
       for (int idx = tid; idx < kBN * kC4; idx += kThreads) {
-        const int c = (idx / kBN) * 4, r = idx % kBN, j = j0 + r;  // warp-uniform chunk, as in the prologue
+        const int c = (idx / kBN) * 4, r = idx % kBN, j = j0 + r;  // a warp-uniform chunk (shared to shared)
         uint2 pk = make_uint2(0u, 0u), pv = make_uint2(0u, 0u);
         if (j < S.Nk) {
           const TokenOp op = dev::k_op(S, A.g, b, j, false, 1.f);
@@ -291,8 +300,10 @@ __global__ void __launch_bounds__(kThreads) gta_fwd_mma_kernel(const Args<T> A) 
   }
   __syncthreads();
 #pragma unroll 1
-  for (int idx = tid; idx < kBM * kC4; idx += kThreads) {
-    const int c = (idx / kBM) * 4, r = idx % kBM, i = q0 + r;
+  for (int idx = tid; idx < kBM * kC4; idx += kThreads) {  // (row, chunk) as in the prologue: whole sectors
+    int r, c;
+    row_chunk(idx, r, c);
+    const int i = q0 + r;
     if (i >= S.Nq) continue;
     const LoadF ld{sO + r * kLdO};
     F4 y;

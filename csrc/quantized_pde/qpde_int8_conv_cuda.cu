@@ -572,12 +572,13 @@ __global__ void __launch_bounds__(kThreads, 4) int8_conv1x1_kernel(const Conv1x1
     cp_async_commit();
   }
 
-  // ---- weights, once: word e = (row r, k 4q..4q+3) of the block's 64 rows (0 past Ci or Co). Plain
-  // (not asm volatile) shared stores, so the compiler may batch the loads of several iterations.
+  // ---- weights, once: word e = (k chunk kc, row r, k 4q..4q+3) of the block's 64 rows (0 past Ci or
+  // Co), chunk-major so that a warp stores 4 whole rows of one chunk (128 contiguous bytes: no bank
+  // conflict; row-major e put chunks 2 KB apart on the same banks). Plain (not asm volatile) shared
+  // stores, so the compiler may batch the loads of several iterations.
   {
-    const int words = a.nk * 8;  // Cp / 4 per row
-    for (int e = tid; e < k1BC * words; e += kThreads) {
-      const int r = e / words, k = (e - r * words) * 4, co = co0 + r;
+    for (int e = tid; e < a.nk * k1BC * 8; e += kThreads) {
+      const int r = (e / 8) % k1BC, k = (e / (8 * k1BC)) * 32 + (e % 8) * 4, co = co0 + r;
       uint32_t v = 0;
       if (co < a.Co) {
         const int8_t* wr = a.w + static_cast<int64_t>(co) * a.Ci + k;
@@ -653,7 +654,12 @@ __global__ void __launch_bounds__(kThreads, 4) int8_conv1x1_kernel(const Conv1x1
     int32_t s = 0;
     for (int kc = 0; kc < a.nk; ++kc)
 #pragma unroll
-      for (int q = 0; q < 8; ++q) s = __dp4a(static_cast<int>(lds32(wbase + kc * k1WChunkBytes + tid * 32 + 4 * q)), 0x01010101, s);
+      for (int q = 0; q < 8; ++q) {
+        // word (q + tid / 4) % 8 of row tid: bank 8 (tid % 4) + that word, so a warp's 32 reads hit
+        // 32 banks (the plain order q put every 4th row on one bank: 8-way conflicts)
+        const int word = (q + (tid >> 2)) & 7;
+        s = __dp4a(static_cast<int>(lds32(wbase + kc * k1WChunkBytes + tid * 32 + 4 * word)), 0x01010101, s);
+      }
     s_corr[tid] = a.x_zp * s;
   }
   __syncthreads();
