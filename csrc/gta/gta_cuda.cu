@@ -374,26 +374,22 @@ __global__ void gta_se3_grad_kernel(Shape S, int N, int V, int splits, const TA*
   phasor::cuda::Array<float, 16> acc;
 #pragma unroll
   for (int e = 0; e < 16; ++e) acc[e] = 0.f;
+  auto add_outer = [&](const TA* pa, const TB* pb) {  // acc += pa[0..3] pb[0..3]^T
+    float x[4], y[4];
+    load4f(pa, vec, x);
+    load4f(pb, vec, y);
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[r * 4 + c] += x[r] * y[c];
+  };
   const int64_t items = int64_t(S.H) * T * chunks, per = (items + splits - 1) / splits;
   const int64_t end = min(items, per * (split + 1));
   for (int64_t it = per * split + threadIdx.x; it < end; it += blockDim.x) {
     const int h = int(it / (int64_t(T) * chunks)), t = int((it / chunks) % T), ch = int(it % chunks);
     const int64_t off = ((int64_t(b) * S.H + h) * N + t0 + t) * S.d + S.triv + 4 * ch;
-    float x[4], y[4];
-    load4f(a + off, vec, x);
-    load4f(bvec + off, vec, y);
-#pragma unroll
-    for (int r = 0; r < 4; ++r)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) acc[r * 4 + c] += x[r] * y[c];
-    if (a2) {
-      load4f(a2 + off, vec, x);
-      load4f(b2 + off, vec, y);
-#pragma unroll
-      for (int r = 0; r < 4; ++r)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) acc[r * 4 + c] += x[r] * y[c];
-    }
+    add_outer(a + off, bvec + off);
+    if (a2) add_outer(a2 + off, b2 + off);
   }
   acc = phasor::cuda::block_reduce(acc, phasor::cuda::Sum{});
   if (threadIdx.x < 16) partial[int64_t(blockIdx.x) * 16 + threadIdx.x] = acc[threadIdx.x];
