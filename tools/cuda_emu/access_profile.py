@@ -105,8 +105,8 @@ def resolve(library: str, offsets: set[int]) -> dict[int, tuple[str, str, str]]:
 
 
 def _short(where: str) -> str:
-    """csrc-relative file:line for phasor's sources, the base name for the emulator's own."""
-    return re.sub(r"^.*?/(csrc/)?(?=[a-z_]+/[\w.]+:\d+$)", "", where) if "cuda_emu" not in where else Path(where).name
+    """file:line with the file's base name (phasor's CUDA file names are unique)."""
+    return Path(where).name
 
 
 def summarize(profile: Path) -> list[dict]:
@@ -145,7 +145,7 @@ def summarize(profile: Path) -> list[dict]:
             via = inlined_into or lib.get(s["via"] - 1, ("?", "?", ""))[1]
             site = _short(where)
             via_s = _short(via)
-            if via_s == site or "cuda_emu" in via or not re.search(r"\.(cu|cuh)h?:\d+$", via_s):
+            if via_s == site or via_s.startswith("cuda_emu") or not re.search(r"\.cuh?:\d+$", via_s):
                 via_s = ""
             sk = (site, via_s, OPS[s["op"]], SPACES[s["space"]], s["size"])
             row = k["sites"].setdefault(sk, dict(line=site, via=via_s, op=OPS[s["op"]], space=SPACES[s["space"]],
@@ -235,6 +235,15 @@ def report(records: list[dict], top: int = 8) -> str:
     return "\n".join(lines)
 
 
+def _write_system(out: Path, system: str, records: list[dict], args) -> None:
+    prev = out / f"{system}.json"
+    cases, groups = args.cases, args.groups
+    if args.summarize_only and prev.exists():  # keep what the run that made the raw log was asked
+        old = json.loads(prev.read_text())
+        cases, groups = old["cases"], old["groups"]
+    prev.write_text(json.dumps(dict(system=system, cases=cases, groups=groups, records=records), indent=1))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--systems", default=",".join(SYSTEMS))
@@ -242,6 +251,8 @@ def main() -> int:
     ap.add_argument("--groups", type=int, default=3, help="thread-block clusters recorded per launch")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cuda_emu" / "profile"))
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per system")
+    ap.add_argument("--summarize-only", action="store_true",
+                    help="rebuild the reports from the last run's raw logs (build/cuda_emu/profile_raw/)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--profile-file", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -254,6 +265,10 @@ def main() -> int:
     for system in args.systems.split(","):
         raw = ROOT / "build" / "cuda_emu" / "profile_raw" / f"{system}.jsonl"  # addresses: this build's only
         raw.parent.mkdir(parents=True, exist_ok=True)
+        if args.summarize_only:
+            if raw.exists():
+                _write_system(out, system, summarize(raw), args)
+            continue
         raw.unlink(missing_ok=True)
         raw.touch()
         print(f"== {system}", flush=True)
@@ -265,10 +280,9 @@ def main() -> int:
                             "--profile-file", str(raw.resolve())], cwd=ROOT, env=env, timeout=args.timeout)
         except subprocess.TimeoutExpired:
             print(f"{system}: over {args.timeout} s; summarising what finished", flush=True)
-        records = summarize(raw)  # (the raw file stays until the next run: summarize() can be rerun on it)
+        records = summarize(raw)  # (the raw file stays until the next run: --summarize-only rereads it)
         failed |= any("error" in r for r in records)
-        (out / f"{system}.json").write_text(json.dumps(dict(system=system, cases=args.cases, groups=args.groups,
-                                                            records=records), indent=1))
+        _write_system(out, system, records, args)
     # The report covers every system profiled into this folder so far (one run per system is fine).
     sections = []
     for path in sorted(out.glob("*.json")):

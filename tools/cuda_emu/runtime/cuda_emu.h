@@ -696,10 +696,23 @@ T __shfl_up_sync(unsigned mask, T v, unsigned d, int width = 32) {
 #define CUDA_EMU_RECORD_ATOMIC(p) ((void)0)
 #define CUDA_EMU_AT_CALL_SITE
 #endif
+// GCC's atomic builtins, not std::atomic_ref: its member functions would be compiled (and, in the
+// profile flavour, recorded) as separate instrumented code.
 template <typename T>
 CUDA_EMU_UNINSTRUMENTED T atomicAdd(T* p, T v) {
   CUDA_EMU_RECORD_ATOMIC(p);
-  return std::atomic_ref<T>(*p).fetch_add(v);
+  if constexpr (std::is_integral_v<T>) {
+    return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
+  } else {
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "atomicAdd: float or double");
+    using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+    U* const bits = reinterpret_cast<U*>(p);
+    U old = __atomic_load_n(bits, __ATOMIC_RELAXED);
+    while (!__atomic_compare_exchange_n(bits, &old, std::bit_cast<U>(T(std::bit_cast<T>(old) + v)), false,
+                                        __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
+    }
+    return std::bit_cast<T>(old);
+  }
 }
 template <typename T>
 inline CUDA_EMU_AT_CALL_SITE T __ldg(const T* p) {
