@@ -492,13 +492,21 @@ class ClusterRunner {
 #if defined(CUDA_EMU_PROFILE)
     profile::GroupAnalyzer analyzer;
     for (auto& f : fibers) f->prof.clear(), f->prof_occ.clear();
+    size_t flush_at = profile::flush_above();
 #endif
     while (finished < fibers.size()) {
 #if defined(CUDA_EMU_PROFILE)
       if (recorded) {  // fold in the finished requests once the logs grow large
         size_t logged = 0;
         for (auto& f : fibers) logged += f->prof.size();
-        if (logged > profile::flush_above()) analyzer.flush(fibers, /*all=*/false);
+        if (logged > flush_at) {
+          profile::tls_recording = false;  // (the analysis's own accesses are not the kernel's)
+          analyzer.flush(fibers, /*all=*/false);
+          profile::tls_recording = true;
+          size_t pending = 0;
+          for (auto& f : fibers) pending += f->prof.size();
+          flush_at = std::max(profile::flush_above(), 2 * pending);  // requests that stay pending: no rescans
+        }
       }
 #endif
       bool progressed = false;
