@@ -61,6 +61,11 @@ inline bool recorded(int64_t g, int64_t groups) {
   return false;
 }
 
+// Everything from here to the hooks is compiled at -O2 although the rest of the build is -O0:
+// recording and sorting millions of accesses at -O0 cost more than emulating the kernel.
+#pragma GCC push_options
+#pragma GCC optimize("O2")
+
 // ---------------------------------------------------------------- emulated device memory
 
 // Live allocations: begin -> (end, the base allocator's DataPtr that owns the memory).
@@ -124,8 +129,9 @@ inline const bool kAllocatorInstalled = [] {
 
 // ---------------------------------------------------------------- recording
 
-inline thread_local bool tls_recording = false;  // this OS thread runs a recorded cluster group
-inline thread_local bool tls_in_hook = false;
+// (initial-exec: read by every instrumented access; the general TLS model would call __tls_get_addr)
+inline thread_local bool tls_recording __attribute__((tls_model("initial-exec"))) = false;  // this OS thread runs a recorded cluster group
+inline thread_local bool tls_in_hook __attribute__((tls_model("initial-exec"))) = false;
 
 CUDA_EMU_UNINSTRUMENTED inline void record(uintptr_t a, size_t n, Op op, void* pc, void* via) {
   Fiber* f = tls_fiber;
@@ -175,7 +181,7 @@ struct SiteStats {
 };
 
 // 32-byte sectors one global request touches, and the fewest that hold its distinct bytes.
-inline void global_cost(const ProfAccess* const* lanes, size_t n, SiteStats& s) {
+CUDA_EMU_UNINSTRUMENTED inline void global_cost(const ProfAccess* const* lanes, size_t n, SiteStats& s) {
   std::vector<std::pair<uint64_t, uint64_t>> iv;
   std::vector<uint64_t> sectors;
   for (size_t i = 0; i < n; ++i) {
@@ -195,7 +201,7 @@ inline void global_cost(const ProfAccess* const* lanes, size_t n, SiteStats& s) 
 }
 
 // Wavefronts of one shared request: per phase, the most distinct 4-byte words any bank serves.
-inline void shared_cost(const ProfAccess* const* lanes, size_t n, SiteStats& s) {
+CUDA_EMU_UNINSTRUMENTED inline void shared_cost(const ProfAccess* const* lanes, size_t n, SiteStats& s) {
   const int size = lanes[0]->size;
   const int lanes_per_phase = size >= 16 ? 8 : (size >= 8 ? 16 : 32);
   std::vector<std::pair<int, std::pair<int, uint64_t>>> words;  // (phase, (bank, word))
@@ -227,7 +233,7 @@ class GroupAnalyzer {
   // Folds in every recorded access whose warp-level request is complete: each lane of its warp
   // that is still running has executed the site more often (a lane that never reaches a site
   // keeps that site's requests pending until the group ends). `all` = the group is finished.
-  void flush(std::vector<std::unique_ptr<Fiber>>& fibers, bool all) {
+  CUDA_EMU_UNINSTRUMENTED void flush(std::vector<std::unique_ptr<Fiber>>& fibers, bool all) {
     // (warp, pc) -> the fewest executions of pc among the warp's running lanes
     std::map<std::pair<uint16_t, uintptr_t>, uint32_t> done_upto;
     std::unordered_set<uint16_t> finished_warps;
@@ -276,7 +282,7 @@ class GroupAnalyzer {
   std::unordered_set<uintptr_t> divergent;
 
  private:
-  void mark_divergent(const std::vector<std::unique_ptr<Fiber>>& fibers) {
+  CUDA_EMU_UNINSTRUMENTED void mark_divergent(const std::vector<std::unique_ptr<Fiber>>& fibers) {
     std::map<std::pair<int, uintptr_t>, std::pair<uint32_t, uint32_t>> range;  // (warp, pc) -> (min, max) count
     for (auto& f : fibers)
       for (const auto& [pc, n] : f->prof_occ) {
@@ -287,7 +293,7 @@ class GroupAnalyzer {
       if (mm.first != mm.second) divergent.insert(key.second);
   }
 
-  void add(std::vector<ProfAccess>& accesses) {
+  CUDA_EMU_UNINSTRUMENTED void add(std::vector<ProfAccess>& accesses) {
     for (const ProfAccess& a : accesses)
       if (a.space == kGlobal)
         for (uint64_t sec = a.addr >> 5; sec <= (a.addr + a.size - 1) >> 5; ++sec) footprint.insert(sec);
@@ -312,6 +318,8 @@ class GroupAnalyzer {
     }
   }
 };
+
+#pragma GCC pop_options
 
 // One launch's statistics, written as a JSON line when the launch ends.
 struct LaunchProfile {
