@@ -173,6 +173,76 @@ struct ProfAccess {
   uint8_t lane, size, op, space;
 };
 
+// The profile's per-lane containers: plain arrays in -O2 code. The profile flavour builds
+// everything else at -O0, where std containers' member calls are not inlined and cost more than
+// emulating the kernel they record.
+#pragma GCC push_options
+#pragma GCC optimize("O2")
+// A growable array of trivially copyable T.
+template <typename T>
+struct RawLog {
+  T* data = nullptr;
+  size_t n = 0, cap = 0;
+  RawLog() = default;
+  RawLog(const RawLog&) = delete;
+  RawLog& operator=(const RawLog&) = delete;
+  ~RawLog() { std::free(data); }
+  CUDA_EMU_UNINSTRUMENTED void push(const T& v) {
+    if (n == cap) {
+      cap = cap ? 2 * cap : 1024;
+      data = static_cast<T*>(std::realloc(data, cap * sizeof(T)));
+      if (!data) fail("out of memory for the access profile");
+    }
+    data[n++] = v;
+  }
+  CUDA_EMU_UNINSTRUMENTED void clear() { n = 0; }
+};
+// pc -> executions so far, open addressing (pc 0 marks an empty slot).
+struct PcCounts {
+  struct Slot {
+    uintptr_t pc;
+    uint32_t count;
+  };
+  Slot* slots = nullptr;
+  size_t cap = 0, used = 0;
+  PcCounts() = default;
+  PcCounts(const PcCounts&) = delete;
+  PcCounts& operator=(const PcCounts&) = delete;
+  ~PcCounts() { std::free(slots); }
+  CUDA_EMU_UNINSTRUMENTED size_t find(uintptr_t pc) const {  // its slot, or the empty one where it would go
+    size_t i = (pc * 0x9E3779B97F4A7C15ull >> 20) & (cap - 1);
+    while (slots[i].pc != 0 && slots[i].pc != pc) i = (i + 1) & (cap - 1);
+    return i;
+  }
+  CUDA_EMU_UNINSTRUMENTED uint32_t get(uintptr_t pc) const { return cap ? slots[find(pc)].count : 0u; }
+  CUDA_EMU_UNINSTRUMENTED uint32_t bump(uintptr_t pc) {  // the count before this execution
+    if (2 * (used + 1) > cap) grow();
+    Slot& s = slots[find(pc)];
+    if (s.pc == 0) s.pc = pc, s.count = 0, ++used;
+    return s.count++;
+  }
+  CUDA_EMU_UNINSTRUMENTED void clear() {
+    if (slots) std::memset(slots, 0, cap * sizeof(Slot));
+    used = 0;
+  }
+  CUDA_EMU_UNINSTRUMENTED void grow() {
+    Slot* old = slots;
+    const size_t old_cap = cap;
+    cap = cap ? 2 * cap : 256;
+    slots = static_cast<Slot*>(std::calloc(cap, sizeof(Slot)));
+    if (!slots) fail("out of memory for the access profile");
+    used = 0;
+    for (size_t i = 0; i < old_cap; ++i)
+      if (old[i].pc) {
+        Slot& s = slots[find(old[i].pc)];
+        s = old[i];
+        ++used;
+      }
+    std::free(old);
+  }
+};
+#pragma GCC pop_options
+
 // One cp.async in flight: its source bytes (read at issue) land in shared memory only when a
 // cp.async.wait_group retires its group (or the thread exits), as on the GPU.
 struct CpAsyncCopy {
@@ -190,8 +260,8 @@ struct Fiber {
   uint64_t waiting_gen = 0;
   std::vector<CpAsyncCopy> cp_open;                 // issued since the last commit_group
   std::vector<std::vector<CpAsyncCopy>> cp_groups;  // committed, oldest first
-  std::vector<ProfAccess> prof;                     // profiled launches only
-  std::unordered_map<uintptr_t, uint32_t> prof_occ;
+  RawLog<ProfAccess> prof;  // profiled launches only
+  PcCounts prof_occ;
   // Lands every committed group but the `keep` most recent (cp.async.wait_group keep).
   CUDA_EMU_UNINSTRUMENTED void cp_land(size_t keep) {
     while (cp_groups.size() > keep) {
@@ -491,20 +561,20 @@ class ClusterRunner {
     size_t finished = 0;
 #if defined(CUDA_EMU_PROFILE)
     profile::GroupAnalyzer analyzer;
-    for (auto& f : fibers) f->prof.clear(), f->prof_occ.clear();
+    for (auto& f : fibers) f->prof.clear(), f->prof_occ.clear();  // (an earlier launch's failed group)
     size_t flush_at = profile::flush_above();
 #endif
     while (finished < fibers.size()) {
 #if defined(CUDA_EMU_PROFILE)
       if (recorded) {  // fold in the finished requests once the logs grow large
         size_t logged = 0;
-        for (auto& f : fibers) logged += f->prof.size();
+        for (auto& f : fibers) logged += f->prof.n;
         if (logged > flush_at) {
           profile::tls_recording = false;  // (the analysis's own accesses are not the kernel's)
           analyzer.flush(fibers, /*all=*/false);
           profile::tls_recording = true;
           size_t pending = 0;
-          for (auto& f : fibers) pending += f->prof.size();
+          for (auto& f : fibers) pending += f->prof.n;
           flush_at = std::max(profile::flush_above(), 2 * pending);  // requests that stay pending: no rescans
         }
       }
@@ -551,7 +621,7 @@ class ClusterRunner {
     if (recorded && sched_.error.empty() && profile_) {
       analyzer.flush(fibers, /*all=*/true);
       std::lock_guard<std::mutex> lk(profile_->mu);
-      profile_->distinct_sectors += analyzer.footprint.size();
+      profile_->distinct_sectors += analyzer.distinct_sectors();
       profile_->divergent.insert(analyzer.divergent.begin(), analyzer.divergent.end());
       for (const auto& [k, v] : analyzer.sites) {
         profile::SiteStats& s = profile_->sites[k];

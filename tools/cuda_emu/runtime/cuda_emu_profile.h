@@ -142,7 +142,10 @@ CUDA_EMU_UNINSTRUMENTED inline void record(uintptr_t a, size_t n, Op op, void* p
   uint64_t addr = a;
   bool keep = false;
   const Block* mine = f->ctx.block;
-  for (const Block* b : mine->cluster->blocks) {
+  Block* const* blocks = mine->cluster->blocks.data();
+  const size_t nblocks = mine->cluster->blocks.size();
+  for (size_t i = 0; i < nblocks; ++i) {
+    const Block* b = blocks[i];
     if (a >= uintptr_t(b->arena) && a < uintptr_t(b->arena) + kArenaBytes) {
       space = b == mine ? kShared : kPeerShared;
       addr = a - uintptr_t(b->arena);
@@ -152,10 +155,9 @@ CUDA_EMU_UNINSTRUMENTED inline void record(uintptr_t a, size_t n, Op op, void* p
   }
   if (!keep) keep = in_device_memory(a);
   if (keep) {
-    const uint32_t occ = f->prof_occ[uintptr_t(pc)]++;
-    f->prof.push_back(ProfAccess{uintptr_t(pc), uintptr_t(via), addr, occ, uint16_t(f->ctx.warp_index),
-                                 uint8_t(f->ctx.lane), uint8_t(std::min<size_t>(n, 255)), uint8_t(op),
-                                 uint8_t(space)});
+    const uint32_t occ = f->prof_occ.bump(uintptr_t(pc));
+    f->prof.push(ProfAccess{uintptr_t(pc), uintptr_t(via), addr, occ, uint16_t(f->ctx.warp_index),
+                            uint8_t(f->ctx.lane), uint8_t(n < 255 ? n : 255), uint8_t(op), uint8_t(space)});
   }
   tls_in_hook = false;
 }
@@ -180,23 +182,46 @@ struct SiteStats {
   uint64_t requests = 0, lanes = 0, bytes = 0, units = 0, ideal = 0;  // units: sectors or wavefronts
 };
 
+// (Raw arrays and qsort below: std algorithms and containers would run at -O0, see RawLog.)
+template <typename T>
+CUDA_EMU_UNINSTRUMENTED inline int cmp3(T a, T b) {
+  return a < b ? -1 : (a > b ? 1 : 0);
+}
+CUDA_EMU_UNINSTRUMENTED inline int cmp_u64(const void* x, const void* y) {
+  return cmp3(*static_cast<const uint64_t*>(x), *static_cast<const uint64_t*>(y));
+}
+// Sorts v[0..n) and returns how many distinct values it holds (moved to the front).
+CUDA_EMU_UNINSTRUMENTED inline size_t sort_unique(uint64_t* v, size_t n) {
+  if (n == 0) return 0;
+  std::qsort(v, n, sizeof(uint64_t), cmp_u64);
+  size_t k = 1;
+  for (size_t i = 1; i < n; ++i)
+    if (v[i] != v[k - 1]) v[k++] = v[i];
+  return k;
+}
+
 // 32-byte sectors one global request touches, and the fewest that hold its distinct bytes.
 CUDA_EMU_UNINSTRUMENTED inline void global_cost(const ProfAccess* const* lanes, size_t n, SiteStats& s) {
-  std::vector<std::pair<uint64_t, uint64_t>> iv;
-  std::vector<uint64_t> sectors;
+  uint64_t sectors[32 * 9], bytes_lo[32], bytes_hi[32];  // <= 255 bytes per access: <= 9 sectors
+  size_t ns = 0;
   for (size_t i = 0; i < n; ++i) {
-    iv.emplace_back(lanes[i]->addr, lanes[i]->addr + lanes[i]->size);
+    bytes_lo[i] = lanes[i]->addr, bytes_hi[i] = lanes[i]->addr + lanes[i]->size;
     for (uint64_t sec = lanes[i]->addr >> 5; sec <= (lanes[i]->addr + lanes[i]->size - 1) >> 5; ++sec)
-      sectors.push_back(sec);
+      sectors[ns++] = sec;
   }
-  std::sort(iv.begin(), iv.end());
+  // distinct bytes: the union of the lanes' intervals (insertion sort by start: n <= 32)
+  for (size_t i = 1; i < n; ++i)
+    for (size_t j = i; j > 0 && bytes_lo[j] < bytes_lo[j - 1]; --j) {
+      const uint64_t lo = bytes_lo[j], hi = bytes_hi[j];
+      bytes_lo[j] = bytes_lo[j - 1], bytes_hi[j] = bytes_hi[j - 1];
+      bytes_lo[j - 1] = lo, bytes_hi[j - 1] = hi;
+    }
   uint64_t distinct = 0, cur_end = 0;
-  for (auto [b, e] : iv) {
-    if (b > cur_end) cur_end = b;
-    if (e > cur_end) distinct += e - cur_end, cur_end = e;
+  for (size_t i = 0; i < n; ++i) {
+    if (bytes_lo[i] > cur_end) cur_end = bytes_lo[i];
+    if (bytes_hi[i] > cur_end) distinct += bytes_hi[i] - cur_end, cur_end = bytes_hi[i];
   }
-  std::sort(sectors.begin(), sectors.end());
-  s.units += uint64_t(std::unique(sectors.begin(), sectors.end()) - sectors.begin());
+  s.units += sort_unique(sectors, ns);
   s.ideal += (distinct + 31) / 32;
 }
 
@@ -204,26 +229,44 @@ CUDA_EMU_UNINSTRUMENTED inline void global_cost(const ProfAccess* const* lanes, 
 CUDA_EMU_UNINSTRUMENTED inline void shared_cost(const ProfAccess* const* lanes, size_t n, SiteStats& s) {
   const int size = lanes[0]->size;
   const int lanes_per_phase = size >= 16 ? 8 : (size >= 8 ? 16 : 32);
-  std::vector<std::pair<int, std::pair<int, uint64_t>>> words;  // (phase, (bank, word))
+  uint64_t words[32 * 65];  // (phase, bank, word) packed: <= 255 bytes per access
+  size_t nw = 0;
   for (size_t i = 0; i < n; ++i) {
-    const int phase = lanes[i]->lane / lanes_per_phase;
+    const uint64_t phase = uint64_t(lanes[i]->lane / lanes_per_phase);
     for (uint64_t w = lanes[i]->addr >> 2; w <= (lanes[i]->addr + lanes[i]->size - 1) >> 2; ++w)
-      words.push_back({phase, {int(w % 32), w}});
+      words[nw++] = (phase << 58) | ((w % 32) << 52) | (w & ((uint64_t(1) << 52) - 1));
   }
-  std::sort(words.begin(), words.end());
-  words.erase(std::unique(words.begin(), words.end()), words.end());
-  for (size_t i = 0; i < words.size();) {
-    const int phase = words[i].first;
-    int worst = 0;
-    while (i < words.size() && words[i].first == phase) {
-      const int bank = words[i].second.first;
-      int k = 0;
-      while (i < words.size() && words[i].first == phase && words[i].second.first == bank) ++k, ++i;
-      worst = std::max(worst, k);
+  nw = sort_unique(words, nw);
+  for (size_t i = 0; i < nw;) {
+    const uint64_t phase = words[i] >> 58;
+    uint64_t worst = 0;
+    while (i < nw && (words[i] >> 58) == phase) {
+      const uint64_t bank = words[i] >> 52;
+      uint64_t k = 0;
+      while (i < nw && (words[i] >> 52) == bank) ++k, ++i;
+      worst = k > worst ? k : worst;
     }
-    s.units += uint64_t(worst);
+    s.units += worst;
     s.ideal += 1;
   }
+}
+
+// An access's request key and lane, for sorting with qsort.
+struct RequestKey {
+  uint64_t k1, k2;  // (warp, pc), (occ, op, space, lane)
+  uint32_t index;
+};
+CUDA_EMU_UNINSTRUMENTED inline int cmp_request(const void* x, const void* y) {
+  const auto* a = static_cast<const RequestKey*>(x);
+  const auto* b = static_cast<const RequestKey*>(y);
+  return a->k1 != b->k1 ? cmp3(a->k1, b->k1) : cmp3(a->k2, b->k2);
+}
+// pc -> the fewest executions among a warp's running lanes.
+struct PcBound {
+  uint64_t pc, upto;
+};
+CUDA_EMU_UNINSTRUMENTED inline int cmp_bound(const void* x, const void* y) {
+  return cmp3(static_cast<const PcBound*>(x)->pc, static_cast<const PcBound*>(y)->pc);
 }
 
 // The statistics of one cluster group, fed while it runs: a long kernel (a recurrence over
@@ -234,89 +277,121 @@ class GroupAnalyzer {
   // that is still running has executed the site more often (a lane that never reaches a site
   // keeps that site's requests pending until the group ends). `all` = the group is finished.
   CUDA_EMU_UNINSTRUMENTED void flush(std::vector<std::unique_ptr<Fiber>>& fibers, bool all) {
-    // (warp, pc) -> the fewest executions of pc among the warp's running lanes
-    std::map<std::pair<uint16_t, uintptr_t>, uint32_t> done_upto;
-    std::unordered_set<uint16_t> finished_warps;
-    if (!all) {
-      std::map<uint16_t, std::vector<const Fiber*>> warps;
-      for (auto& f : fibers) warps[uint16_t(f->ctx.warp_index)].push_back(f.get());
-      for (auto& [w, lanes] : warps) {
-        const Fiber* first = nullptr;
-        for (const Fiber* f : lanes)
-          if (!f->done) first = f;
-        if (!first) {  // the whole warp finished: its requests are all complete
-          finished_warps.insert(w);
-          continue;
+    const size_t nf = fibers.size();
+    RawLog<Fiber*> fs;
+    for (size_t i = 0; i < nf; ++i) fs.push(fibers[i].get());
+    ready_.clear();
+    RawLog<PcBound> bounds;
+    // the fibers of one warp are contiguous (thread order within each block)
+    for (size_t w0 = 0; w0 < nf;) {
+      size_t w1 = w0;
+      while (w1 < nf && fs.data[w1]->ctx.warp_index == fs.data[w0]->ctx.warp_index) ++w1;
+      Fiber* running = nullptr;
+      for (size_t i = w0; i < w1; ++i)
+        if (!fs.data[i]->done) running = fs.data[i];
+      if (all) mark_divergent(fs.data + w0, w1 - w0);
+      bounds.clear();
+      if (!all && running) {
+        const PcCounts& t = running->prof_occ;
+        for (size_t k = 0; k < t.cap; ++k) {
+          if (!t.slots[k].pc) continue;
+          uint64_t m = t.slots[k].count;
+          for (size_t i = w0; i < w1; ++i)
+            if (!fs.data[i]->done) {
+              const uint64_t c = fs.data[i]->prof_occ.get(t.slots[k].pc);
+              m = c < m ? c : m;
+            }
+          bounds.push(PcBound{t.slots[k].pc, m});
         }
-        for (const auto& [pc, n] : first->prof_occ) {
-          uint32_t m = n;
-          for (const Fiber* f : lanes) {
-            if (f->done) continue;
-            auto it = f->prof_occ.find(pc);
-            m = std::min(m, it == f->prof_occ.end() ? 0u : it->second);
-          }
-          done_upto[{w, pc}] = m;
-        }
+        std::qsort(bounds.data, bounds.n, sizeof(PcBound), cmp_bound);
       }
+      const bool warp_done = all || !running;
+      for (size_t i = w0; i < w1; ++i) {
+        RawLog<ProfAccess>& log = fs.data[i]->prof;
+        size_t kept = 0;
+        for (size_t k = 0; k < log.n; ++k) {
+          const ProfAccess& a = log.data[k];
+          bool complete = warp_done;
+          if (!complete) {  // a site absent from the bounds: a running lane has not reached it
+            const PcBound key{a.pc, 0};
+            const auto* b = static_cast<const PcBound*>(std::bsearch(&key, bounds.data, bounds.n, sizeof(PcBound), cmp_bound));
+            complete = b && a.occ < b->upto;
+          }
+          if (complete) ready_.push(a);
+          else log.data[kept++] = a;
+        }
+        log.n = kept;
+        if (all) fs.data[i]->prof_occ.clear();
+      }
+      w0 = w1;
     }
-    auto complete = [&](const ProfAccess& a) {
-      if (all || finished_warps.count(a.warp)) return true;
-      auto it = done_upto.find({a.warp, a.pc});
-      return it != done_upto.end() && a.occ < it->second;  // absent: a running lane has not reached the site
-    };
-    if (all) mark_divergent(fibers);
-    std::vector<ProfAccess> ready;
-    for (auto& f : fibers) {
-      auto keep = std::partition(f->prof.begin(), f->prof.end(), [&](const ProfAccess& a) { return !complete(a); });
-      ready.insert(ready.end(), keep, f->prof.end());
-      f->prof.erase(keep, f->prof.end());
-      if (all) f->prof_occ.clear();
-    }
-    add(ready);
+    add();
+  }
+
+  // Distinct global sectors the group touched: its traffic from L2 if its L1 held everything.
+  CUDA_EMU_UNINSTRUMENTED uint64_t distinct_sectors() {
+    footprint_.n = sort_unique(footprint_.data, footprint_.n);
+    return footprint_.n;
   }
 
   std::map<SiteKey, SiteStats> sites;
-  std::unordered_set<uint64_t> footprint;  // distinct global sectors: traffic from L2 if L1 held everything
   // Sites that lanes of one warp executed unequal (nonzero) numbers of times: a branch inside a
   // loop. Grouping by occurrence then pairs different iterations, so their numbers are unreliable.
   std::unordered_set<uintptr_t> divergent;
 
  private:
-  CUDA_EMU_UNINSTRUMENTED void mark_divergent(const std::vector<std::unique_ptr<Fiber>>& fibers) {
-    std::map<std::pair<int, uintptr_t>, std::pair<uint32_t, uint32_t>> range;  // (warp, pc) -> (min, max) count
-    for (auto& f : fibers)
-      for (const auto& [pc, n] : f->prof_occ) {
-        auto [it, fresh] = range.try_emplace({f->ctx.warp_index, pc}, n, n);
-        if (!fresh) it->second = {std::min(it->second.first, n), std::max(it->second.second, n)};
+  CUDA_EMU_UNINSTRUMENTED void mark_divergent(Fiber* const* lanes, size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+      const PcCounts& t = lanes[i]->prof_occ;
+      for (size_t k = 0; k < t.cap; ++k) {
+        if (!t.slots[k].pc) continue;
+        for (size_t j = 0; j < n; ++j) {
+          const uint32_t c = lanes[j]->prof_occ.get(t.slots[k].pc);
+          if (c != 0 && c != t.slots[k].count) {
+            divergent.insert(t.slots[k].pc);
+            break;
+          }
+        }
       }
-    for (const auto& [key, mm] : range)
-      if (mm.first != mm.second) divergent.insert(key.second);
+    }
   }
 
-  CUDA_EMU_UNINSTRUMENTED void add(std::vector<ProfAccess>& accesses) {
-    for (const ProfAccess& a : accesses)
+  CUDA_EMU_UNINSTRUMENTED void add() {
+    const size_t n = ready_.n;
+    const ProfAccess* acc = ready_.data;
+    RawLog<RequestKey> keys;
+    for (size_t i = 0; i < n; ++i) {
+      const ProfAccess& a = acc[i];
       if (a.space == kGlobal)
-        for (uint64_t sec = a.addr >> 5; sec <= (a.addr + a.size - 1) >> 5; ++sec) footprint.insert(sec);
-    auto request_key = [](const ProfAccess& a) { return std::make_tuple(a.warp, a.pc, a.occ, a.op, a.space); };
-    std::sort(accesses.begin(), accesses.end(), [&](const ProfAccess& x, const ProfAccess& y) {
-      return std::make_tuple(request_key(x), x.lane) < std::make_tuple(request_key(y), y.lane);
-    });
-    std::vector<const ProfAccess*> lanes;
-    for (size_t i = 0; i < accesses.size();) {
-      lanes.clear();
-      size_t j = i;
-      while (j < accesses.size() && request_key(accesses[j]) == request_key(accesses[i])) lanes.push_back(&accesses[j++]);
-      const ProfAccess& a = accesses[i];
+        for (uint64_t sec = a.addr >> 5; sec <= (a.addr + a.size - 1) >> 5; ++sec) footprint_.push(sec);
+      keys.push(RequestKey{(uint64_t(a.warp) << 48) | (uint64_t(a.pc) & ((uint64_t(1) << 48) - 1)),
+                           (uint64_t(a.occ) << 32) | (uint64_t(a.op) << 24) | (uint64_t(a.space) << 16) | a.lane,
+                           uint32_t(i)});
+    }
+    if (footprint_.n > (size_t(1) << 24)) footprint_.n = sort_unique(footprint_.data, footprint_.n);
+    std::qsort(keys.data, keys.n, sizeof(RequestKey), cmp_request);
+    const ProfAccess* lanes[32];
+    for (size_t i = 0; i < keys.n;) {
+      size_t m = 0, j = i;
+      while (j < keys.n && keys.data[j].k1 == keys.data[i].k1 && (keys.data[j].k2 >> 8) == (keys.data[i].k2 >> 8)) {
+        if (m < 32) lanes[m++] = &acc[keys.data[j].index];
+        ++j;
+      }
+      const ProfAccess& a = *lanes[0];
       SiteStats& s = sites[SiteKey{a.pc, a.via, a.op, a.space, a.size}];
       s.requests += 1;
-      s.lanes += lanes.size();
-      for (const ProfAccess* l : lanes) s.bytes += l->size;
-      if (a.space == kGlobal) global_cost(lanes.data(), lanes.size(), s);
-      else if (a.space == kShared) shared_cost(lanes.data(), lanes.size(), s);
+      s.lanes += m;
+      for (size_t k = 0; k < m; ++k) s.bytes += lanes[k]->size;
+      if (a.space == kGlobal) global_cost(lanes, m, s);
+      else if (a.space == kShared) shared_cost(lanes, m, s);
       else s.units += 1, s.ideal += 1;  // distributed shared memory: counted, no bank model
       i = j;
     }
+    ready_.clear();
   }
+
+  RawLog<ProfAccess> ready_;
+  RawLog<uint64_t> footprint_;
 };
 
 #pragma GCC pop_options
