@@ -421,7 +421,12 @@ __device__ __forceinline__ void reduce_products(int M, int N, int K, Term term, 
   }
 }
 
-// Low-rank kernel. Shared memory: doubles U_c^T [rc][W], own rows of U_r [nr_max][rr], P / E
+// Rows of the shared U_c^T copy are W + kUcPad doubles apart: P = X U_c has 4 lanes per output
+// read 4 consecutive doubles of rows q .. q + 3, which a 512-byte row stride put on the same banks
+// (4-way conflicts); 4 more doubles (8 banks) per row spread them over all 32.
+constexpr int kUcPad = 4;
+
+// Low-rank kernel. Shared memory: doubles U_c^T [rc][W + kUcPad], own rows of U_r [nr_max][rr], P / E
 // [2][nr_max][rc], partial Z [nbuf][C][2][rr rc], Z [2][rr rc]; then floats xr, xi, om, mk
 // [nr_max * W] each, max slots [2][C], warp maxima.
 __global__ void __launch_bounds__(kThreadsC) cvrnn_lowrank_kernel(const __grid_constant__ LowRankParams lp) {
@@ -432,8 +437,9 @@ __global__ void __launch_bounds__(kThreadsC) cvrnn_lowrank_kernel(const __grid_c
   const int H = p.H, W = p.W, rr = lp.rr, rc = lp.rc, rrc = rr * rc;
   const int r0 = row_begin(rank, H, C), r1 = row_begin(rank + 1, H, C), nr = r1 - r0, n_own = nr * W;
   const int nmax = p.nr_max, own_cap = nmax * W;
+  const int ldu = W + kUcPad;
   double* ucT = dsmem;
-  double* urO = ucT + rc * W;
+  double* urO = ucT + rc * ldu;
   double* pe = urO + nmax * rr;  // P, later E; plane stride nmax * rc
   double* zb = pe + 2 * nmax * rc;
   double* z = zb + lp.nbuf * C * 2 * rrc;
@@ -445,7 +451,7 @@ __global__ void __launch_bounds__(kThreadsC) cvrnn_lowrank_kernel(const __grid_c
   float* wmax = slots + 2 * C;
   const double* ur_g = lp.U;
   const double* ucT_g = lp.U + H * rr;
-  for (int k = threadIdx.x; k < rc * W; k += blockDim.x) ucT[k] = ucT_g[k];
+  for (int k = threadIdx.x; k < rc * W; k += blockDim.x) ucT[(k / W) * ldu + k % W] = ucT_g[k];
   for (int k = threadIdx.x; k < nr * rr; k += blockDim.x) urO[k] = ur_g[r0 * rr + k];
   load_own_rows(p, b, r0, n_own, xr, xi, om, mk);
   image_barrier(C);
@@ -457,7 +463,7 @@ __global__ void __launch_bounds__(kThreadsC) cvrnn_lowrank_kernel(const __grid_c
     reduce_products(
         nr, rc, W,
         [&](int i, int q, int w, double& re, double& im) {
-          const double u = ucT[q * W + w];
+          const double u = ucT[q * ldu + w];
           re += u * double(xr[i * W + w]);
           im += u * double(xi[i * W + w]);
         },
@@ -516,7 +522,7 @@ __global__ void __launch_bounds__(kThreadsC) cvrnn_lowrank_kernel(const __grid_c
       const int i = j / W, w = j - i * W;
       double yr = 0.0, yi = 0.0;
       for (int q = 0; q < rc; ++q) {
-        const double u = ucT[q * W + w];
+        const double u = ucT[q * ldu + w];
         yr += pe[i * rc + q] * u;
         yi += pe[pim + i * rc + q] * u;
       }
@@ -656,7 +662,7 @@ int64_t band_bytes(int64_t H, int64_t W, int64_t rh, int64_t rw, int C, int* nt_
 
 int64_t lowrank_bytes(int64_t H, int64_t W, int64_t rr, int64_t rc, int C) {
   const int64_t nr_max = (H + C - 1) / C, nbuf = C > 1 ? 2 : 1;
-  const int64_t doubles = rc * W + nr_max * rr + 2 * nr_max * rc + nbuf * C * 2 * rr * rc + 2 * rr * rc;
+  const int64_t doubles = rc * (W + kUcPad) + nr_max * rr + 2 * nr_max * rc + nbuf * C * 2 * rr * rc + 2 * rr * rc;
   return doubles * int64_t(sizeof(double)) + (4 * nr_max * W + 2 * C + kWarpsC) * int64_t(sizeof(float));
 }
 
