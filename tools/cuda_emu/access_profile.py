@@ -259,6 +259,11 @@ def main() -> int:
     if args.child:
         run_system(args.child, args.cases, Path(args.profile_file))
         return 0
+    unknown = [x for x in args.systems.split(",") if x not in SYSTEMS]
+    if unknown:
+        ap.error(f"--systems: unknown {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
+    if args.groups < 1:
+        ap.error(f"--groups must be at least 1, got {args.groups}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = False
