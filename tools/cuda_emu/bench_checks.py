@@ -21,9 +21,10 @@ import sys
 import time
 from pathlib import Path
 
+from phasor.bench.registry import SYSTEMS  # every system with benchmark cases
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-SYSTEMS = ("rotating_features", "wave_rnn", "complex_rnn", "gta", "quantized_pde")
 
 
 def run_system(system: str, cases: str, out: Path) -> None:
